@@ -1,0 +1,3 @@
+"""inspectloop: keeps factory vision-inspection models accurate."""
+
+__version__ = "0.1.0"

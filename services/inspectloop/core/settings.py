@@ -1,0 +1,161 @@
+"""Settings: one pydantic-settings class per service, built once in ``main`` and passed down.
+
+Environment variables use the prefix ``INSPECTLOOP_`` and ``__`` between nested sections, e.g.
+``INSPECTLOOP_BUS__BACKEND=kafka`` or ``INSPECTLOOP_BUS__KAFKA__BOOTSTRAP_SERVERS=10.0.0.5:9092``.
+Nothing here reads the environment at import time; :func:`load_settings` does, once, and turns a
+validation failure into a :class:`ConfigError` that names every offending setting.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from inspectloop.core.errors import ConfigError
+
+ENV_PREFIX = "INSPECTLOOP_"
+
+
+class Section(BaseModel):
+    """A nested settings section: unknown keys are an error, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class KafkaSettings(Section):
+    bootstrap_servers: str = Field(
+        "127.0.0.1:9092", description="Comma-separated host:port list of Kafka brokers."
+    )
+    client_id: str = Field("inspectloop", description="Client id reported to the brokers.")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="Protocol used to talk to the brokers."
+    )
+    request_timeout_ms: int = Field(30_000, gt=0, description="Broker request timeout.")
+    delivery_timeout_s: float = Field(
+        120.0, gt=0, description="How long a publish may wait for the broker's acknowledgement."
+    )
+    session_timeout_ms: int = Field(
+        10_000, gt=0, description="Consumer group session timeout: a silent member is evicted."
+    )
+    max_poll_interval_ms: int = Field(
+        300_000, gt=0, description="Longest time a consumer may spend handling one batch."
+    )
+    replication_factor: int = Field(
+        1, ge=1, description="Replication factor of topics that inspectloop creates."
+    )
+
+    @property
+    def servers(self) -> list[str]:
+        return [s.strip() for s in self.bootstrap_servers.split(",") if s.strip()]
+
+
+class LocalBusSettings(Section):
+    directory: Path | None = Field(
+        None, description="Directory of the embedded event log; defaults to <data_dir>/bus."
+    )
+    poll_interval_s: float = Field(
+        0.05, gt=0, description="How often an idle embedded consumer looks for new records."
+    )
+    session_timeout_s: float = Field(
+        10.0, gt=0, description="An embedded group member silent for longer is evicted."
+    )
+
+
+class BusSettings(Section):
+    backend: Literal["local", "kafka"] = Field(
+        "local", description="Event bus: 'local' (embedded, one machine) or 'kafka'."
+    )
+    partitions: int = Field(
+        6, ge=1, description="Partitions of each topic inspectloop creates (its parallelism)."
+    )
+    max_record_bytes: int = Field(
+        1_048_576,
+        ge=1024,
+        description="Largest record (key + value + headers) accepted at publish; "
+        "must not exceed the broker's message.max.bytes.",
+    )
+    max_attempts: int = Field(
+        3, ge=1, description="Attempts for a handler that raises a transient error before DLQ."
+    )
+    retry_backoff_s: float = Field(
+        0.2, ge=0, description="First back-off between handler attempts; doubles each retry."
+    )
+    max_batch: int = Field(500, ge=1, description="Most records handled between two commits.")
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)  # type: ignore[arg-type]
+    local: LocalBusSettings = Field(default_factory=LocalBusSettings)  # type: ignore[arg-type]
+
+
+class BlobStoreSettings(Section):
+    backend: Literal["filesystem"] = Field(
+        "filesystem", description="Blob store for images and artifacts."
+    )
+    root: Path | None = Field(
+        None, description="Root directory of the filesystem store; defaults to <data_dir>/blobs."
+    )
+    max_blob_bytes: int = Field(
+        64 * 1024 * 1024, gt=0, description="Largest blob accepted by put()."
+    )
+
+
+class LoggingSettings(Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+    json_format: bool = Field(True, description="One JSON object a line; false for plain text.")
+
+
+class MetricsSettings(Section):
+    host: str = Field("127.0.0.1", description="Address the /metrics endpoint listens on.")
+    port: int = Field(0, ge=0, le=65535, description="Port of /metrics; 0 disables it.")
+
+
+class CommonSettings(BaseSettings):
+    """Sections every service shares. Each service's settings class derives from this one."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    service: str = Field("inspectloop", description="Service name used in logs and sources.")
+    data_dir: Path = Field(
+        Path(".inspectloop"), description="Where embedded backends keep their state."
+    )
+    bus: BusSettings = Field(default_factory=BusSettings)  # type: ignore[arg-type]
+    blob_store: BlobStoreSettings = Field(default_factory=BlobStoreSettings)  # type: ignore[arg-type]
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)  # type: ignore[arg-type]
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)  # type: ignore[arg-type]
+
+    @model_validator(mode="after")
+    def _derive_paths(self) -> CommonSettings:
+        # Derived defaults live here so that one data_dir moves every embedded backend.
+        if self.bus.local.directory is None:
+            local = self.bus.local.model_copy(update={"directory": self.data_dir / "bus"})
+            object.__setattr__(self, "bus", self.bus.model_copy(update={"local": local}))
+        if self.blob_store.root is None:
+            blob = self.blob_store.model_copy(update={"root": self.data_dir / "blobs"})
+            object.__setattr__(self, "blob_store", blob)
+        return self
+
+
+SettingsT = TypeVar("SettingsT", bound=BaseSettings)
+
+
+def load_settings(cls: type[SettingsT], **overrides: object) -> SettingsT:
+    """Build settings from the environment (and explicit overrides), or raise ConfigError.
+
+    The message names every invalid setting as its environment variable, so an operator can
+    fix a deployment from the log line alone.
+    """
+    try:
+        return cls(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            path = [str(p) for p in err["loc"]]
+            env_name = ENV_PREFIX + "__".join(p.upper() for p in path)
+            problems.append(f"{env_name} ({'.'.join(path)}): {err['msg']}")
+        raise ConfigError("invalid settings:\n  " + "\n  ".join(problems)) from exc
