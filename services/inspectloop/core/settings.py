@@ -8,6 +8,7 @@ validation failure into a :class:`ConfigError` that names every offending settin
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal, TypeVar
 
@@ -27,24 +28,28 @@ class Section(BaseModel):
 
 class KafkaSettings(Section):
     bootstrap_servers: str = Field(
-        "127.0.0.1:9092", description="Comma-separated host:port list of Kafka brokers."
+        default="127.0.0.1:9092", description="Comma-separated host:port list of Kafka brokers."
     )
-    client_id: str = Field("inspectloop", description="Client id reported to the brokers.")
+    client_id: str = Field(default="inspectloop", description="Client id reported to the brokers.")
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
-        "PLAINTEXT", description="Protocol used to talk to the brokers."
+        default="PLAINTEXT", description="Protocol used to talk to the brokers."
     )
-    request_timeout_ms: int = Field(30_000, gt=0, description="Broker request timeout.")
+    request_timeout_ms: int = Field(default=30_000, gt=0, description="Broker request timeout.")
     delivery_timeout_s: float = Field(
-        120.0, gt=0, description="How long a publish may wait for the broker's acknowledgement."
+        default=120.0,
+        gt=0,
+        description="How long a publish may wait for the broker's acknowledgement.",
     )
     session_timeout_ms: int = Field(
-        10_000, gt=0, description="Consumer group session timeout: a silent member is evicted."
+        default=10_000,
+        gt=0,
+        description="Consumer group session timeout: a silent member is evicted.",
     )
     max_poll_interval_ms: int = Field(
-        300_000, gt=0, description="Longest time a consumer may spend handling one batch."
+        default=300_000, gt=0, description="Longest time a consumer may spend handling one batch."
     )
     replication_factor: int = Field(
-        1, ge=1, description="Replication factor of topics that inspectloop creates."
+        default=1, ge=1, description="Replication factor of topics that inspectloop creates."
     )
 
     @property
@@ -54,60 +59,77 @@ class KafkaSettings(Section):
 
 class LocalBusSettings(Section):
     directory: Path | None = Field(
-        None, description="Directory of the embedded event log; defaults to <data_dir>/bus."
+        default=None, description="Directory of the embedded event log; defaults to <data_dir>/bus."
     )
     poll_interval_s: float = Field(
-        0.05, gt=0, description="How often an idle embedded consumer looks for new records."
+        default=0.05, gt=0, description="How often an idle embedded consumer looks for new records."
     )
     session_timeout_s: float = Field(
-        10.0, gt=0, description="An embedded group member silent for longer is evicted."
+        default=10.0, gt=0, description="An embedded group member silent for longer is evicted."
     )
 
 
 class BusSettings(Section):
     backend: Literal["local", "kafka"] = Field(
-        "local", description="Event bus: 'local' (embedded, one machine) or 'kafka'."
+        default="local", description="Event bus: 'local' (embedded, one machine) or 'kafka'."
     )
     partitions: int = Field(
-        6, ge=1, description="Partitions of each topic inspectloop creates (its parallelism)."
+        default=6,
+        ge=1,
+        description="Partitions of each topic inspectloop creates (its parallelism).",
     )
     max_record_bytes: int = Field(
-        1_048_576,
+        default=1_000_000,
         ge=1024,
-        description="Largest record (key + value + headers) accepted at publish; "
-        "must not exceed the broker's message.max.bytes.",
+        description="Largest record (key + value + headers) accepted at publish; leaves room "
+        "for Kafka's batch framing under the broker's default message.max.bytes (1048588).",
     )
     max_attempts: int = Field(
-        3, ge=1, description="Attempts for a handler that raises a transient error before DLQ."
+        default=3,
+        ge=1,
+        description="Attempts for a handler that raises a transient error before DLQ.",
     )
     retry_backoff_s: float = Field(
-        0.2, ge=0, description="First back-off between handler attempts; doubles each retry."
+        default=0.2,
+        ge=0,
+        description="First back-off between handler attempts; doubles each retry.",
     )
-    max_batch: int = Field(500, ge=1, description="Most records handled between two commits.")
-    kafka: KafkaSettings = Field(default_factory=KafkaSettings)  # type: ignore[arg-type]
-    local: LocalBusSettings = Field(default_factory=LocalBusSettings)  # type: ignore[arg-type]
+    max_batch: int = Field(
+        default=500, ge=1, description="Most records handled between two commits."
+    )
+    kafka: KafkaSettings = Field(
+        default_factory=KafkaSettings, description="Kafka backend settings."
+    )
+    local: LocalBusSettings = Field(
+        default_factory=LocalBusSettings, description="Embedded backend settings."
+    )
 
 
 class BlobStoreSettings(Section):
     backend: Literal["filesystem"] = Field(
-        "filesystem", description="Blob store for images and artifacts."
+        default="filesystem", description="Blob store for images and artifacts."
     )
     root: Path | None = Field(
-        None, description="Root directory of the filesystem store; defaults to <data_dir>/blobs."
+        default=None,
+        description="Root directory of the filesystem store; defaults to <data_dir>/blobs.",
     )
     max_blob_bytes: int = Field(
-        64 * 1024 * 1024, gt=0, description="Largest blob accepted by put()."
+        default=64 * 1024 * 1024, gt=0, description="Largest blob accepted by put()."
     )
 
 
 class LoggingSettings(Section):
-    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
-    json_format: bool = Field(True, description="One JSON object a line; false for plain text.")
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Log level."
+    )
+    json_format: bool = Field(
+        default=True, description="One JSON object a line; false for plain text."
+    )
 
 
 class MetricsSettings(Section):
-    host: str = Field("127.0.0.1", description="Address the /metrics endpoint listens on.")
-    port: int = Field(0, ge=0, le=65535, description="Port of /metrics; 0 disables it.")
+    host: str = Field(default="127.0.0.1", description="Address the /metrics endpoint listens on.")
+    port: int = Field(default=0, ge=0, le=65535, description="Port of /metrics; 0 disables it.")
 
 
 class CommonSettings(BaseSettings):
@@ -120,14 +142,20 @@ class CommonSettings(BaseSettings):
         frozen=True,
     )
 
-    service: str = Field("inspectloop", description="Service name used in logs and sources.")
-    data_dir: Path = Field(
-        Path(".inspectloop"), description="Where embedded backends keep their state."
+    service: str = Field(
+        default="inspectloop", description="Service name used in logs and sources."
     )
-    bus: BusSettings = Field(default_factory=BusSettings)  # type: ignore[arg-type]
-    blob_store: BlobStoreSettings = Field(default_factory=BlobStoreSettings)  # type: ignore[arg-type]
-    logging: LoggingSettings = Field(default_factory=LoggingSettings)  # type: ignore[arg-type]
-    metrics: MetricsSettings = Field(default_factory=MetricsSettings)  # type: ignore[arg-type]
+    data_dir: Path = Field(
+        default=Path(".inspectloop"), description="Where embedded backends keep their state."
+    )
+    bus: BusSettings = Field(default_factory=BusSettings, description="The event bus.")
+    blob_store: BlobStoreSettings = Field(
+        default_factory=BlobStoreSettings, description="Where images and artifacts are stored."
+    )
+    logging: LoggingSettings = Field(default_factory=LoggingSettings, description="Logging.")
+    metrics: MetricsSettings = Field(
+        default_factory=MetricsSettings, description="The Prometheus /metrics endpoint."
+    )
 
     @model_validator(mode="after")
     def _derive_paths(self) -> CommonSettings:
@@ -150,6 +178,20 @@ def load_settings(cls: type[SettingsT], **overrides: object) -> SettingsT:
     The message names every invalid setting as its environment variable, so an operator can
     fix a deployment from the log line alone.
     """
+    # pydantic-settings ignores unknown top-level variables even with extra="forbid"; a typo
+    # such as INSPECTLOOP_DATADIR must fail the start, not silently fall back to a default.
+    known = {name.upper() for name in cls.model_fields}
+    unknown = sorted(
+        name
+        for name in os.environ
+        if name.upper().startswith(ENV_PREFIX)
+        and name[len(ENV_PREFIX) :].upper().split("__", 1)[0] not in known
+    )
+    if unknown:
+        raise ConfigError(
+            "invalid settings:\n  "
+            + "\n  ".join(f"{name}: not a setting of {cls.__name__}" for name in unknown)
+        )
     try:
         return cls(**overrides)
     except ValidationError as exc:

@@ -1,0 +1,153 @@
+"""Settings come from INSPECTLOOP_* variables, nested with "__", and fail loudly when wrong."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
+
+from inspectloop.core.errors import ConfigError
+from inspectloop.core.settings import CommonSettings, Section, load_settings
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The developer's or CI's own INSPECTLOOP_* variables must not leak into these tests.
+    for name in list(os.environ):
+        if name.upper().startswith("INSPECTLOOP_"):
+            monkeypatch.delenv(name)
+
+
+def test_defaults_without_environment() -> None:
+    s = load_settings(CommonSettings)
+    assert s.bus.backend == "local"
+    assert s.data_dir == Path(".inspectloop")
+    assert s.bus.kafka.servers == ["127.0.0.1:9092"]
+    assert s.metrics.port == 0
+
+
+def test_nested_env_vars_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INSPECTLOOP_BUS__BACKEND", "kafka")
+    monkeypatch.setenv("INSPECTLOOP_BUS__KAFKA__BOOTSTRAP_SERVERS", "a:1,b:2")
+    monkeypatch.setenv("INSPECTLOOP_BUS__PARTITIONS", "12")
+    monkeypatch.setenv("INSPECTLOOP_LOGGING__JSON_FORMAT", "false")
+    s = load_settings(CommonSettings)
+    assert s.bus.backend == "kafka"
+    assert s.bus.kafka.servers == ["a:1", "b:2"]
+    assert s.bus.partitions == 12
+    assert s.logging.json_format is False
+
+
+def test_servers_list_ignores_blanks_and_spaces(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INSPECTLOOP_BUS__KAFKA__BOOTSTRAP_SERVERS", " a:1 , ,b:2,")
+    assert load_settings(CommonSettings).bus.kafka.servers == ["a:1", "b:2"]
+
+
+def test_environment_is_read_when_loading_not_before(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings(CommonSettings).service == "inspectloop"
+    monkeypatch.setenv("INSPECTLOOP_SERVICE", "monitor")
+    assert load_settings(CommonSettings).service == "monitor"
+
+
+def test_explicit_overrides_beat_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INSPECTLOOP_SERVICE", "monitor")
+    assert load_settings(CommonSettings, service="gateway").service == "gateway"
+
+
+def test_invalid_value_names_the_env_var(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INSPECTLOOP_BUS__BACKEND", "rabbit")
+    with pytest.raises(ConfigError, match="INSPECTLOOP_BUS__BACKEND") as info:
+        load_settings(CommonSettings)
+    assert "'local' or 'kafka'" in str(info.value)  # says what would be valid
+    assert isinstance(info.value.__cause__, ValidationError)
+
+
+def test_every_invalid_setting_is_named_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INSPECTLOOP_BUS__BACKEND", "rabbit")
+    monkeypatch.setenv("INSPECTLOOP_METRICS__PORT", "70000")
+    monkeypatch.setenv("INSPECTLOOP_BUS__LOCAL__POLL_INTERVAL_S", "0")
+    with pytest.raises(ConfigError) as info:
+        load_settings(CommonSettings)
+    message = str(info.value)
+    for name in (
+        "INSPECTLOOP_BUS__BACKEND",
+        "INSPECTLOOP_METRICS__PORT",
+        "INSPECTLOOP_BUS__LOCAL__POLL_INTERVAL_S",
+    ):
+        assert name in message
+
+
+@pytest.mark.parametrize(
+    "name", ["INSPECTLOOP_BUS__BOGUS", "INSPECTLOOP_BUS__KAFKA__BOGUS", "INSPECTLOOP_LOGGING__LVL"]
+)
+def test_unknown_nested_env_var_is_rejected(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    monkeypatch.setenv(name, "1")
+    with pytest.raises(ConfigError, match=name):
+        load_settings(CommonSettings)
+
+
+def test_unknown_top_level_env_var_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INSPECTLOOP_DATADIR", "/typo")  # meant INSPECTLOOP_DATA_DIR
+    with pytest.raises(ConfigError, match="INSPECTLOOP_DATADIR"):
+        load_settings(CommonSettings)
+
+
+def test_unknown_override_is_rejected() -> None:
+    with pytest.raises(ConfigError, match="INSPECTLOOP_BOGUS"):
+        load_settings(CommonSettings, bogus=1)
+
+
+def test_paths_derive_from_data_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("INSPECTLOOP_DATA_DIR", str(tmp_path))
+    s = load_settings(CommonSettings)
+    assert s.data_dir == tmp_path
+    assert s.bus.local.directory == tmp_path / "bus"
+    assert s.blob_store.root == tmp_path / "blobs"
+
+
+def test_explicit_path_is_not_overridden_by_derivation(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("INSPECTLOOP_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("INSPECTLOOP_BLOB_STORE__ROOT", str(tmp_path / "elsewhere"))
+    s = load_settings(CommonSettings)
+    assert s.blob_store.root == tmp_path / "elsewhere"
+    assert s.bus.local.directory == tmp_path / "bus"
+
+
+def test_settings_are_frozen() -> None:
+    s = load_settings(CommonSettings)
+    with pytest.raises(ValidationError):
+        s.service = "other"
+    with pytest.raises(ValidationError):
+        s.bus.backend = "kafka"
+
+
+def _fields(model: type[BaseModel], prefix: str = "") -> list[tuple[str, FieldInfo, bool]]:
+    """(dotted name, field, is_section) for every field, recursing into sections."""
+    found: list[tuple[str, FieldInfo, bool]] = []
+    for name, info in model.model_fields.items():
+        annotation = info.annotation
+        is_section = isinstance(annotation, type) and issubclass(annotation, Section)
+        found.append((prefix + name, info, is_section))
+        if is_section:
+            assert isinstance(annotation, type)
+            found.extend(_fields(annotation, prefix + name + "."))
+    return found
+
+
+def test_every_setting_has_a_description() -> None:
+    missing = [
+        n for n, info, section in _fields(CommonSettings) if not section and not info.description
+    ]
+    assert missing == []
+
+
+def test_every_section_has_a_description() -> None:
+    missing = [
+        n for n, info, section in _fields(CommonSettings) if section and not info.description
+    ]
+    assert missing == []
