@@ -1,0 +1,464 @@
+"""One contract, two backends: every test runs against the embedded log and a real Kafka broker."""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from inspectloop.core.bus import Consumer, EventBus, build_bus
+from inspectloop.core.bus.base import DLQ_ERROR_KIND, DLQ_REASON, DLQ_SOURCE_TOPIC
+from inspectloop.core.errors import (
+    BackendUnavailableError,
+    PermanentError,
+    RecordTooLargeError,
+    TransientError,
+)
+from inspectloop.core.events import Envelope, Event, Topic, header
+from inspectloop.core.settings import BusSettings, KafkaSettings, LocalBusSettings
+from inspectloop.devtools.harness.kafka import KafkaBroker
+from inspectloop.v1.inspection_pb2 import InspectionEvent
+from tests.integration.bus_worker import contract_topic
+
+pytestmark = pytest.mark.integration
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PARTITIONS = 4
+
+
+def wait_until(
+    condition: Callable[[], bool], timeout: float, what: str, poll: float = 0.05
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(poll)
+
+
+@dataclass
+class BusEnv:
+    """A bus backend under test, and how to make clients and subprocesses for it."""
+
+    backend: str
+    settings: BusSettings
+    workdir: Path
+    broker: KafkaBroker | None = None
+    buses: list[EventBus] = field(default_factory=list)
+
+    def bus(self) -> EventBus:
+        bus = build_bus(self.settings, "contract-test", CollectorRegistry())
+        self.buses.append(bus)
+        return bus
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("INSPECTLOOP_")}
+        env.update(
+            INSPECTLOOP_DATA_DIR=str(self.workdir / "data"),
+            INSPECTLOOP_BUS__BACKEND=self.backend,
+            INSPECTLOOP_BUS__PARTITIONS=str(PARTITIONS),
+            INSPECTLOOP_BUS__MAX_BATCH="100",
+            INSPECTLOOP_BUS__KAFKA__BOOTSTRAP_SERVERS=self.settings.kafka.bootstrap_servers,
+            INSPECTLOOP_BUS__KAFKA__SESSION_TIMEOUT_MS=str(self.settings.kafka.session_timeout_ms),
+            INSPECTLOOP_BUS__KAFKA__DELIVERY_TIMEOUT_S="90",
+            INSPECTLOOP_BUS__LOCAL__DIRECTORY=str(self.settings.local.directory),
+            INSPECTLOOP_BUS__LOCAL__SESSION_TIMEOUT_S=str(self.settings.local.session_timeout_s),
+            PYTHONPATH=str(REPO_ROOT),
+        )
+        return env
+
+    def spawn(self, *args: str) -> Worker:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.integration.bus_worker", *args],
+            cwd=REPO_ROOT,
+            env=self.env(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=open(self.workdir / f"worker-{uuid.uuid4().hex[:6]}.log", "w"),  # noqa: SIM115
+            text=True,
+        )
+        return Worker(proc)
+
+
+class Worker:
+    """A bus_worker subprocess whose output lines are read with deadlines."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line.strip())
+        self.lines.put(None)
+
+    def expect(self, prefix: str, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"worker did not print {prefix!r} within {timeout}s")
+            try:
+                line = self.lines.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            if line is None:
+                raise AssertionError(f"worker exited ({self.proc.wait()}) before {prefix!r}")
+            if line.startswith(prefix):
+                return line
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+
+@pytest.fixture(params=["local", "kafka"])
+def bus_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BusEnv]:
+    broker: KafkaBroker | None = None
+    if request.param == "kafka":
+        broker = request.getfixturevalue("kafka_broker")
+        servers = broker.bootstrap_servers
+    else:
+        servers = "127.0.0.1:9"  # unused by the local backend
+    settings = BusSettings(
+        backend=request.param,
+        partitions=PARTITIONS,
+        max_batch=100,
+        retry_backoff_s=0.01,
+        kafka=KafkaSettings(
+            bootstrap_servers=servers, session_timeout_ms=6000, delivery_timeout_s=90
+        ),
+        local=LocalBusSettings(directory=tmp_path / "bus", session_timeout_s=3.0),
+    )
+    env = BusEnv(request.param, settings, tmp_path, broker)
+    yield env
+    for bus in env.buses:
+        bus.close()
+
+
+def new_topic() -> Topic[InspectionEvent]:
+    return contract_topic(f"inspectloop.contract-{uuid.uuid4().hex[:10]}.v1")
+
+
+def inspection(i: int, line: str) -> InspectionEvent:
+    return InspectionEvent(inspection_id=f"insp-{i}", request_id=str(i), line=line)
+
+
+def drain(consumer: Consumer, until: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not until():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"consumer {consumer.group} did not finish within {timeout}s")
+        consumer.poll_once(0.2)
+
+
+def test_per_key_order_is_kept_across_10000_events(bus_env: BusEnv) -> None:
+    bus = bus_env.bus()
+    topic = new_topic()
+    bus.ensure_topics([topic])
+    lines = [f"line-{n}" for n in range(8)]
+    deliveries = [bus.publish(topic, inspection(i, lines[i % 8])) for i in range(10_000)]
+    bus.flush(60)
+    assert all(d.done() for d in deliveries)
+    partitions_by_line = defaultdict(set)
+    for i, delivery in enumerate(deliveries):
+        partitions_by_line[lines[i % 8]].add(delivery.result(1).partition)
+    assert all(len(p) == 1 for p in partitions_by_line.values()), "a key spread over partitions"
+
+    seen: dict[str, list[int]] = defaultdict(list)
+
+    def handle(event: Event[InspectionEvent]) -> None:
+        seen[event.message.line].append(int(event.message.request_id))
+
+    with bus.consumer(f"order-{uuid.uuid4().hex[:6]}", [topic], handle) as consumer:
+        drain(consumer, lambda: sum(map(len, seen.values())) >= 10_000, timeout=120)
+    assert sum(map(len, seen.values())) == 10_000
+    for line, sequence in seen.items():
+        assert sequence == sorted(sequence), f"{line} out of order"
+        assert sequence == list(range(lines.index(line), 10_000, 8))
+
+
+def test_two_consumers_share_a_group_and_rebalance_on_join_and_leave(bus_env: BusEnv) -> None:
+    bus = bus_env.bus()
+    topic = new_topic()
+    bus.ensure_topics([topic])
+    group = f"rebalance-{uuid.uuid4().hex[:6]}"
+    handled: dict[str, set[str]] = {"a": set(), "b": set()}
+    lock = threading.Lock()
+
+    def handler(name: str) -> Callable[[Event[InspectionEvent]], None]:
+        def handle(event: Event[InspectionEvent]) -> None:
+            with lock:
+                handled[name].add(event.message.inspection_id)
+
+        return handle
+
+    def publish(start: int, count: int) -> set[str]:
+        for i in range(start, start + count):
+            bus.publish(topic, inspection(i, f"line-{i % 16}"))
+        bus.flush(60)
+        return {f"insp-{i}" for i in range(start, start + count)}
+
+    def everything(expected: set[str]) -> Callable[[], bool]:
+        def check() -> bool:
+            with lock:
+                return expected <= handled["a"] | handled["b"]
+
+        return check
+
+    stop = threading.Event()
+    consumers: dict[str, Consumer] = {}
+
+    def run(name: str, leave: threading.Event) -> None:
+        consumer = bus.consumer(group, [topic], handler(name))
+        consumers[name] = consumer
+        with consumer:
+            while not stop.is_set() and not leave.is_set():
+                consumer.poll_once(0.1)
+
+    a_leave, b_leave = threading.Event(), threading.Event()
+    a = threading.Thread(target=run, args=("a", a_leave))
+    a.start()
+    try:
+        expected = publish(0, 1000)
+        wait_until(everything(expected), 60, "consumer a alone to handle the first events")
+        wait_until(lambda: len(consumers["a"].assignment()) == PARTITIONS, 30, "a owns all")
+
+        b = threading.Thread(target=run, args=("b", b_leave))
+        b.start()
+        wait_until(
+            lambda: (
+                "b" in consumers
+                and len(consumers["b"].assignment()) > 0
+                and len(consumers["a"].assignment()) < PARTITIONS
+            ),
+            60,
+            "the join of b to rebalance the group",
+        )
+        expected |= publish(1000, 1000)
+        wait_until(everything(expected), 60, "both consumers to handle the second events")
+        assert handled["b"], "consumer b joined but handled nothing"
+        assert not consumers["a"].assignment() & consumers["b"].assignment()
+
+        b_leave.set()
+        b.join(timeout=60)
+        wait_until(
+            lambda: len(consumers["a"].assignment()) == PARTITIONS, 60, "a to take over on leave"
+        )
+        expected |= publish(2000, 1000)
+        wait_until(everything(expected), 60, "a to handle everything after b left")
+    finally:
+        stop.set()
+        a.join(timeout=60)
+    assert handled["a"] | handled["b"] == expected
+
+
+def test_sigkilled_consumer_batch_is_redelivered_and_deduplicated(bus_env: BusEnv) -> None:
+    bus = bus_env.bus()
+    topic = new_topic()
+    bus.ensure_topics([topic])
+    total = 300
+    for i in range(total):
+        bus.publish(topic, inspection(i, f"line-{i % 4}"))
+    bus.flush(60)
+    effects = bus_env.workdir / "effects.sqlite3"
+    group = f"crash-{uuid.uuid4().hex[:6]}"
+
+    first = bus_env.spawn(
+        "consume",
+        "--topic",
+        topic.name,
+        "--group",
+        group,
+        "--effects",
+        str(effects),
+        "--pause-before-commit",
+    )
+    handled_before_kill = int(first.expect("HANDLED", timeout=90).split()[1])
+    assert handled_before_kill > 0
+    first.kill()  # the batch was handled and its effects recorded, but never committed
+
+    second = bus_env.spawn(
+        "consume",
+        "--topic",
+        topic.name,
+        "--group",
+        group,
+        "--effects",
+        str(effects),
+        "--expect",
+        str(total),
+    )
+    second.expect("DONE", timeout=120)
+    assert second.proc.wait(timeout=30) == 0
+
+    with sqlite3.connect(effects) as conn:
+        rows = conn.execute("SELECT request_id FROM effects").fetchall()
+        duplicates = conn.execute("SELECT COUNT(*) FROM duplicates").fetchone()[0]
+    assert len(rows) == total, "each event must have exactly one effect"
+    assert sorted(int(r[0]) for r in rows) == list(range(total))
+    # The uncommitted batch really came back, and the de-duplication absorbed it.
+    assert duplicates >= handled_before_kill
+
+
+def test_crash_mid_stream_loses_no_acknowledged_event(bus_env: BusEnv) -> None:
+    bus = bus_env.bus()
+    topic = new_topic()
+    bus.ensure_topics([topic])
+    total = 3000
+    producer = bus_env.spawn("produce", "--topic", topic.name, "--count", str(total))
+    acked = {producer.expect("ACK", timeout=60).split()[1] for _ in range(500)}
+    if bus_env.broker is not None:
+        # The broker dies mid-stream and comes back; the producer keeps going.
+        bus_env.broker.kill()
+        bus_env.broker.start()
+        bus_env.broker.wait_ready(120)
+        producer.expect("DONE", timeout=300)
+    else:
+        # The embedded log has no broker: the process writing to it is what can crash.
+        producer.kill()
+    while True:
+        try:
+            line = producer.lines.get(timeout=30)
+        except queue.Empty:
+            break
+        if line is None:
+            break
+        if line.startswith("ACK"):
+            acked.add(line.split()[1])
+    assert len(acked) >= 500
+
+    consumed: list[str] = []
+    with bus.consumer(
+        f"verify-{uuid.uuid4().hex[:6]}", [topic], lambda e: consumed.append(e.envelope.event_id)
+    ) as consumer:
+        drain(consumer, lambda: acked <= set(consumed), timeout=120)
+    assert acked <= set(consumed), f"lost {len(acked - set(consumed))} acknowledged events"
+    assert len(consumed) == len(set(consumed)), "the idempotent producer wrote duplicates"
+
+
+def test_malformed_records_go_to_the_dlq_and_the_consumer_carries_on(bus_env: BusEnv) -> None:
+    bus = bus_env.bus()
+    topic = new_topic()
+    bus.ensure_topics([topic])
+    valid = inspection(1, "line-1")
+    good_headers = Envelope.new(topic, "test").to_headers()
+
+    def with_header(name: str, value: bytes) -> list[tuple[str, bytes]]:
+        return [(k, value if k == name else v) for k, v in good_headers]
+
+    bus.publish(topic, inspection(0, "line-1")).result(30)
+    bad = {
+        "not protobuf": (b"\xff\xfe this is not protobuf", good_headers),
+        "wrong type": (valid.SerializeToString(), with_header("ce_type", b"inspectloop.v1.Nope")),
+        "schema version": (valid.SerializeToString(), with_header("ce_schemaversion", b"2")),
+        "no envelope": (valid.SerializeToString(), []),
+    }
+    for value, headers in bad.values():
+        bus.publish_raw(topic.name, b"line-1", value, headers).result(30)
+    bus.publish(topic, inspection(2, "line-1")).result(30)
+
+    handled: list[str] = []
+    with bus.consumer(
+        f"dlq-{uuid.uuid4().hex[:6]}", [topic], lambda e: handled.append(e.message.inspection_id)
+    ) as consumer:
+        drain(consumer, lambda: len(handled) >= 2, timeout=60)
+    assert handled == ["insp-0", "insp-2"]
+
+    dead: list[tuple[str, bytes | None, bytes]] = []
+    source = bus.raw_source(f"dlq-reader-{uuid.uuid4().hex[:6]}", [topic.dlq])
+    try:
+        deadline = time.monotonic() + 60
+        while len(dead) < 4 and time.monotonic() < deadline:
+            for record in source.poll(100, 0.2):
+                assert header(record.headers, DLQ_SOURCE_TOPIC) == topic.name
+                assert header(record.headers, DLQ_ERROR_KIND) == "decode"
+                dead.append((header(record.headers, DLQ_REASON) or "", record.key, record.value))
+    finally:
+        source.close()
+    assert len(dead) == 4
+    reasons = [reason for reason, _, _ in dead]
+    assert "not a valid inspectloop.v1.InspectionEvent protobuf" in reasons[0]
+    assert "wrong event type 'inspectloop.v1.Nope'" in reasons[1]
+    assert "unsupported schema version '2'" in reasons[2]
+    assert "missing header ce_id" in reasons[3]
+    # Nothing is lost: the dead letters keep the original bytes and key.
+    assert [v for _, _, v in dead] == [value for value, _ in bad.values()]
+    assert all(k == b"line-1" for _, k, _ in dead)
+
+
+def test_oversized_record_fails_at_publish_and_writes_nothing(bus_env: BusEnv) -> None:
+    bus = bus_env.bus()
+    topic = new_topic()
+    bus.ensure_topics([topic])
+    huge = InspectionEvent(inspection_id="huge", line="line-1", feature_vector=[0.5] * 300_000)
+    with pytest.raises(RecordTooLargeError, match=r"over the bus limit of \d+ bytes"):
+        bus.publish(topic, huge)
+    bus.publish(topic, inspection(1, "line-1")).result(30)
+
+    handled: list[str] = []
+    with bus.consumer(
+        f"big-{uuid.uuid4().hex[:6]}", [topic], lambda e: handled.append(e.message.inspection_id)
+    ) as consumer:
+        drain(consumer, lambda: len(handled) >= 1, timeout=60)
+        consumer.poll_once(0.5)  # nothing else may follow
+    assert handled == ["insp-1"]
+
+
+def test_handler_failures_retry_then_dead_letter_or_pause(bus_env: BusEnv) -> None:
+    bus = bus_env.bus()
+    topic = new_topic()
+    bus.ensure_topics([topic])
+    for i, kind in enumerate(["ok", "flaky", "transient", "permanent", "down-once", "ok"]):
+        bus.publish(topic, InspectionEvent(inspection_id=kind, request_id=str(i), line="line-1"))
+    bus.flush(30)
+    calls: dict[str, int] = defaultdict(int)
+    handled: list[str] = []
+
+    def handle(event: Event[Any]) -> None:
+        kind = event.message.inspection_id
+        calls[kind] += 1
+        if kind == "flaky" and calls[kind] < 2:
+            raise TransientError("flaky once")
+        if kind == "transient":
+            raise TransientError("always times out")
+        if kind == "permanent":
+            raise PermanentError("bad part number")
+        if kind == "down-once" and calls[kind] == 1:
+            raise BackendUnavailableError("registry down")
+        handled.append(f"{kind}-{event.message.request_id}")
+
+    with bus.consumer(f"fail-{uuid.uuid4().hex[:6]}", [topic], handle) as consumer:
+        drain(consumer, lambda: len(handled) >= 4, timeout=60)
+    assert handled == ["ok-0", "flaky-1", "down-once-4", "ok-5"]
+    assert calls["transient"] == bus.settings.max_attempts
+    assert calls["permanent"] == 1
+    # The pause redelivered from down-once on: the earlier records were not handled twice.
+    assert calls["ok"] == 2 and calls["flaky"] == 2 and calls["down-once"] == 2
+
+    kinds: list[str | None] = []
+    source = bus.raw_source(f"fail-dlq-{uuid.uuid4().hex[:6]}", [topic.dlq])
+    try:
+        deadline = time.monotonic() + 60
+        while len(kinds) < 2 and time.monotonic() < deadline:
+            kinds += [header(r.headers, DLQ_ERROR_KIND) for r in source.poll(10, 0.2)]
+    finally:
+        source.close()
+    assert kinds == ["transient", "permanent"]
