@@ -1,0 +1,76 @@
+"""Shared fixtures: real components started by the harness, once per test session.
+
+Nothing is skipped when a component is missing: the harness fetches or installs it (cached in
+``$INSPECTLOOP_CACHE_DIR`` or ``~/.cache/inspectloop``). Each session gets its own data directory,
+so runs never share broker logs or TSDBs, and every component's log file lies under it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from inspectloop.devtools.harness import (
+    KafkaBroker,
+    PrometheusServer,
+    TritonServer,
+    default_cache_dir,
+)
+
+# --- harness: real components ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def harness_cache_dir() -> Path:
+    """Where fetched components are cached across sessions."""
+    return default_cache_dir()
+
+
+@pytest.fixture(scope="session")
+def components_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """This session's data directory for component state (broker logs, TSDB, model repository)."""
+    return tmp_path_factory.mktemp("components")
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(harness_cache_dir: Path, components_dir: Path) -> Iterator[KafkaBroker]:
+    """One KRaft broker for the session. Tests may ``kill()`` and ``start()`` it; the data dir and
+    ports survive, so a test that crashes it must restart it before returning."""
+    broker = KafkaBroker(harness_cache_dir, components_dir / "kafka")
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture(scope="session")
+def prometheus_server(components_dir: Path) -> Iterator[PrometheusServer]:
+    """One Prometheus for the session, scraping nothing until a test calls
+    ``set_scrape_targets([...])`` (applied at once through a config reload)."""
+    server = PrometheusServer(components_dir / "prometheus", scrape_interval="1s")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def triton_model_repository(components_dir: Path) -> Path:
+    """The session Triton's model repository; tests write models here, then ``load_model``."""
+    repository = components_dir / "triton-models"
+    repository.mkdir()
+    return repository
+
+
+@pytest.fixture(scope="session")
+def triton_server(
+    harness_cache_dir: Path, components_dir: Path, triton_model_repository: Path
+) -> Iterator[TritonServer]:
+    """One Triton (explicit model control, CPU) for the session over ``triton_model_repository``."""
+    server = TritonServer(triton_model_repository, harness_cache_dir, components_dir / "triton")
+    server.start()
+    yield server
+    server.stop()
+
+
+# --- bus fixtures go here ------------------------------------------------------------------------
