@@ -30,7 +30,7 @@ from inspectloop.core.errors import (
 )
 from inspectloop.core.events import Envelope, Event, Topic, header
 from inspectloop.core.settings import BusSettings, KafkaSettings, LocalBusSettings
-from inspectloop.devtools.harness.kafka import KafkaBroker
+from inspectloop.devtools.harness import KafkaBroker
 from inspectloop.v1.inspection_pb2 import InspectionEvent
 from tests.integration.bus_worker import contract_topic
 

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The test command: sets up what is missing, checks style, types and generated code, then runs
+# every test (unit, integration against real Kafka, Prometheus and Triton, e2e).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+VENV=${INSPECTLOOP_VENV:-.venv}
+export PATH="$PWD/$VENV/bin:$PATH"
+
+ruff check services tests benchmarks
+ruff format --check services tests benchmarks
+mypy
+inspectloop dev gen-proto --check
+pytest "$@"
