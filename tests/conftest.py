@@ -14,6 +14,7 @@ import pytest
 
 from inspectloop.devtools.harness import (
     KafkaBroker,
+    PostgresServer,
     PrometheusServer,
     TritonServer,
     default_cache_dir,
@@ -71,6 +72,16 @@ def triton_server(
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server(components_dir: Path) -> Iterator[PostgresServer]:
+    """One PostgreSQL (Debian's package) for the session; ``create_database(name)`` returns a
+    SQLAlchemy URL. Its cluster is deleted at the end of the session."""
+    server = PostgresServer(components_dir / "postgres")
+    server.start()
+    yield server
+    server.destroy()
 
 
 # --- bus fixtures go here ------------------------------------------------------------------------

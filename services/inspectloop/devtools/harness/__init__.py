@@ -6,6 +6,7 @@ output in a log file, and is waited on by polling readiness against a deadline.
 """
 
 from inspectloop.devtools.harness.kafka import KafkaBroker, fetch_kafka
+from inspectloop.devtools.harness.postgres import PostgresServer
 from inspectloop.devtools.harness.process import (
     ManagedProcess,
     default_cache_dir,
@@ -23,6 +24,7 @@ from inspectloop.devtools.harness.triton import (
 __all__ = [
     "KafkaBroker",
     "ManagedProcess",
+    "PostgresServer",
     "PrometheusServer",
     "TritonServer",
     "default_cache_dir",

@@ -21,6 +21,8 @@ import typer
 
 from inspectloop.core.errors import InspectloopError
 from inspectloop.devtools.harness.kafka import KafkaBroker, fetch_kafka
+from inspectloop.devtools.harness.postgres import PostgresServer
+from inspectloop.devtools.harness.postgres import ensure_installed as ensure_postgres
 from inspectloop.devtools.harness.process import (
     DEFAULT_STOP_GRACE_S,
     default_cache_dir,
@@ -34,7 +36,8 @@ from inspectloop.devtools.harness.triton import TritonServer, prepare_backend_di
 logger = logging.getLogger(__name__)
 
 harness_app = typer.Typer(
-    help="Fetch, start and stop the real components (Kafka, Prometheus, Triton) on loopback.",
+    help="Fetch, start and stop the real components (Kafka, Prometheus, Triton, PostgreSQL) on "
+    "loopback.",
     no_args_is_help=True,
 )
 
@@ -43,12 +46,14 @@ class Component(enum.StrEnum):
     kafka = "kafka"
     prometheus = "prometheus"
     triton = "triton"
+    postgres = "postgres"
 
 
 class FetchTarget(enum.StrEnum):
     kafka = "kafka"
     prometheus = "prometheus"
     triton = "triton"
+    postgres = "postgres"
     all = "all"
 
 
@@ -121,6 +126,8 @@ def fetch(
             typer.echo(f"prometheus: {ensure_installed(cache_dir)}", err=True)
         if target in (FetchTarget.triton, FetchTarget.all):
             typer.echo(f"triton: backends in {prepare_backend_dir(cache_dir)}", err=True)
+        if target in (FetchTarget.postgres, FetchTarget.all):
+            typer.echo(f"postgres: binaries in {ensure_postgres(cache_dir)}", err=True)
     except InspectloopError as exc:
         raise _fail(str(exc)) from exc
 
@@ -131,7 +138,10 @@ def start(
     *,
     port: Annotated[
         int | None,
-        typer.Option(help="Main port: Kafka client port, Prometheus web port, Triton HTTP port."),
+        typer.Option(
+            help="Main port: Kafka client port, Prometheus web port, Triton HTTP port, "
+            "PostgreSQL port."
+        ),
     ] = None,
     state_dir: StateDirOption = None,
     scrape_target: Annotated[
@@ -153,7 +163,7 @@ def start(
         return
     cache_dir = default_cache_dir()
     data_dir = state_dir / name.value
-    component: KafkaBroker | PrometheusServer | TritonServer
+    component: KafkaBroker | PrometheusServer | TritonServer | PostgresServer
     endpoints: dict[str, str]
     try:
         if name is Component.kafka:
@@ -165,6 +175,12 @@ def start(
         elif name is Component.prometheus:
             component = PrometheusServer(data_dir, scrape_targets=scrape_target or [], port=port)
             address = component.url
+            main_port = component.port
+            endpoints = {"url": address}
+        elif name is Component.postgres:
+            # The data dir is kept between runs; prints a SQLAlchemy URL with the password.
+            component = PostgresServer(data_dir, port=port)
+            address = component.url()
             main_port = component.port
             endpoints = {"url": address}
         else:
