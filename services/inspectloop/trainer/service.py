@@ -1,0 +1,379 @@
+"""The trainer service: a RetrainRequest in, a validated (or rejected) model version out.
+
+It keeps the images operators labelled (from the feedback topic). On a RetrainRequest it builds
+a dataset snapshot, trains on Ray Train (fine-tuning the parent when there is one), evaluates the
+result on the snapshot's test split and the golden set, judges the validation gates, packages
+the model (ONNX, int8 ONNX, Triton entries), writes the validation report, uploads every
+artifact to the registry, registers the version and announces it on the models topic.
+
+A redelivered request is harmless: the registry de-duplicates the registration by the request
+id (its idempotency key), and the ModelVersion event carries an id derived from the request.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from inspectloop import __version__
+from inspectloop.core.blobstore import BlobStore
+from inspectloop.core.bus import EventBus
+from inspectloop.core.bus.dedupe import derived_event_id
+from inspectloop.core.events import Event
+from inspectloop.core.topics import MODELS
+from inspectloop.trainer.data import ImageSet, InspectionDataset, load_split
+from inspectloop.trainer.fit import Metrics, evaluate, predict
+from inspectloop.trainer.gates import (
+    GoldenPredictions,
+    evaluate_gates,
+    measure_latency,
+    rejection_reasons,
+)
+from inspectloop.trainer.model import InspectionCNN, ModelSpec, build_model
+from inspectloop.trainer.packaging import ArtifactType, package_model, sha256_file
+from inspectloop.trainer.ray_loop import TrainingConfig
+from inspectloop.trainer.registry_client import RegistryClient
+from inspectloop.trainer.report import ReportInfo, select_worst_errors, write_report
+from inspectloop.trainer.runner import TrainingRunner
+from inspectloop.trainer.settings import TrainerSection
+from inspectloop.trainer.snapshot import (
+    LabelledImage,
+    LabelStore,
+    build_snapshot,
+    label_from_feedback,
+)
+from inspectloop.v1.feedback_pb2 import OperatorFeedback
+from inspectloop.v1.models_pb2 import (
+    MODEL_STAGE_REJECTED,
+    MODEL_STAGE_VALIDATED,
+    ModelVersion,
+)
+from inspectloop.v1.monitor_pb2 import RetrainRequest
+
+log = logging.getLogger(__name__)
+
+_REGISTRY_KINDS = {
+    ArtifactType.ONNX: "onnx",
+    ArtifactType.ONNX_INT8: "onnx_int8",
+    ArtifactType.TRITON_ONNX: "triton_repo",
+    ArtifactType.TRITON_PYTHON: "triton_repo",
+}
+
+
+@dataclass(frozen=True)
+class TrainedVersion:
+    version: int
+    stage: str
+    metrics: Metrics
+    registered: dict[str, Any]
+    weights_path: Path
+    triton_python_repo: Path
+
+
+def _split(dataset_dir: Path, split: str, spec: ModelSpec) -> ImageSet:
+    return load_split(dataset_dir, split, spec.classes, cache=False)
+
+
+def _golden(model: InspectionCNN, images: ImageSet, spec: ModelSpec) -> GoldenPredictions:
+    probabilities = predict(model, InspectionDataset(images, spec.preprocess))
+    ids = [str(r.get("sha256") or Path(r["path"]).stem) for r in images.records]
+    return GoldenPredictions.from_probabilities(ids, images.labels, probabilities)
+
+
+class TrainerService:
+    def __init__(
+        self,
+        settings: TrainerSection,
+        *,
+        bus: EventBus,
+        blob_store: BlobStore,
+        registry: RegistryClient,
+        runner: TrainingRunner,
+        labels: LabelStore,
+    ) -> None:
+        self.settings = settings
+        self._bus = bus
+        self._blobs = blob_store
+        self._registry = registry
+        self._runner = runner
+        self._labels = labels
+        assert settings.work_dir is not None  # derived by TrainerSettings
+        self._work = settings.work_dir
+        self.spec = ModelSpec(
+            input_size=settings.image_size, width_multiplier=settings.width_multiplier
+        )
+
+    # --- consumers -------------------------------------------------------------------------
+
+    def handle_feedback(self, event: Event[OperatorFeedback]) -> None:
+        feedback = event.message
+        label = label_from_feedback(feedback, self.spec.classes)
+        if label is None or not feedback.image.sha256:
+            return
+        self._labels.add(
+            LabelledImage(
+                sha256=feedback.image.sha256,
+                label=label,
+                line=feedback.line,
+                sku=feedback.sku,
+                label_design=feedback.label_design,
+                source=f"operator:{feedback.operator_id}",
+            ),
+            labelled_at=event.envelope.time.timestamp(),
+        )
+
+    def handle_retrain(self, event: Event[RetrainRequest]) -> None:
+        self.retrain(event.message)
+
+    # --- the pipeline ----------------------------------------------------------------------
+
+    def _parent(self) -> tuple[int | None, Path | None]:
+        """The newest production (else validated) version and its weights, for fine-tuning."""
+        versions = self._registry.versions(self.settings.model_name)
+        for stage in ("production", "validated"):
+            candidates = [v for v in versions if v.get("stage") == stage]
+            if candidates:
+                parent = max(candidates, key=lambda v: int(v["version"]))
+                weights = next(
+                    (a for a in parent.get("artifacts", []) if a.get("kind") == "checkpoint"), None
+                )
+                if weights is None:
+                    return int(parent["version"]), None
+                path = self._work / "parents" / f"{parent['version']}.pt"
+                if not path.exists():
+                    self._registry.download_artifact(weights["sha256"], path)
+                return int(parent["version"]), path
+        return None, None
+
+    def retrain(self, request: RetrainRequest) -> TrainedVersion:
+        started = time.perf_counter()
+        settings = self.settings
+        scope = request.scope
+        snapshot = build_snapshot(
+            self._work / "snapshots",
+            reference_datasets=settings.reference_datasets,
+            labelled=self._labels.select(lines=list(scope.lines), skus=list(scope.skus)),
+            blob_store=self._blobs,
+            classes=self.spec.classes,
+        )
+        log.info("snapshot %s: %s", snapshot.snapshot_id[:12], snapshot.counts)
+        parent_version, parent_weights = self._parent() if settings.fine_tune else (None, None)
+        existing = [int(v["version"]) for v in self._registry.versions(settings.model_name)]
+        version = max(existing, default=0) + 1
+        run_name = f"{settings.model_name}-v{version}-{request.request_id[:8]}"
+        config = TrainingConfig(
+            dataset_dir=str(snapshot.directory),
+            spec=self.spec.to_dict(),
+            epochs=settings.fine_tune_epochs if parent_weights else settings.epochs,
+            lr=settings.lr / 2 if parent_weights else settings.lr,
+            batch_size=settings.batch_size,
+            seed=settings.seed,
+            num_workers=settings.num_workers,
+            cpus_per_worker=settings.cpus_per_worker,
+            use_gpu=settings.use_gpu,
+            max_failures=settings.max_failures,
+            storage_path=str(self._work / "runs"),
+            run_name=run_name,
+            parent_weights=str(parent_weights) if parent_weights else None,
+        )
+        result = self._runner.run(config, self._work / "runs" / run_name)
+        model = build_model(self.spec)
+        model.load_state_dict(torch.load(result.weights_path, weights_only=True))
+        model.eval()
+        return self._validate_and_register(
+            request,
+            model,
+            dataset_dir=snapshot.directory,
+            snapshot_id=snapshot.snapshot_id,
+            version=version,
+            parent_version=parent_version,
+            config=config,
+            weights_path=result.weights_path,
+            started=started,
+        )
+
+    def _validate_and_register(
+        self,
+        request: RetrainRequest,
+        model: InspectionCNN,
+        *,
+        dataset_dir: Path,
+        snapshot_id: str,
+        version: int,
+        parent_version: int | None,
+        config: TrainingConfig,
+        weights_path: Path,
+        started: float,
+    ) -> TrainedVersion:
+        settings = self.settings
+        spec = self.spec
+        test = _split(dataset_dir, "test", spec)
+        metrics = evaluate(model, InspectionDataset(test, spec.preprocess))
+        golden = parent_golden = None
+        if settings.golden_dataset is not None:
+            golden_images = _split(settings.golden_dataset, "golden", spec)
+            golden = _golden(model, golden_images, spec)
+            if config.parent_weights:
+                parent = build_model(spec)
+                parent.load_state_dict(torch.load(config.parent_weights, weights_only=True))
+                parent.eval()
+                parent_golden = _golden(parent, golden_images, spec)
+        out_dir = self._work / "packages" / f"v{version}"
+        val = _split(dataset_dir, "val", spec)
+        package = package_model(
+            model,
+            spec,
+            out_dir,
+            model_name=settings.model_name,
+            triton_version=version,
+            parity_images=test.images[:32],
+            calibration_images=val.images[:256],
+            eval_images=test.images,
+            eval_labels=test.labels,
+        )
+        latency = measure_latency(package.onnx_path, runs=settings.gates.latency_runs)
+        gates = evaluate_gates(metrics, golden, parent_golden, latency, settings.gates)
+        reasons = rejection_reasons(gates)
+        stage = "rejected" if reasons else "validated"
+        probabilities = predict(model, InspectionDataset(test, spec.preprocess))
+        report = write_report(
+            out_dir / "report.html",
+            ReportInfo(
+                model_name=settings.model_name,
+                version=str(version),
+                parent_version=str(parent_version or ""),
+                dataset_snapshot_id=snapshot_id,
+                dataset_sha256=snapshot_id,
+                training_run_id=config.run_name,
+                code_version=__version__,
+                seed=config.seed,
+                retrain_request_id=request.request_id,
+                framework_versions={
+                    "torch": torch.__version__,
+                    "python": platform.python_version(),
+                },
+            ),
+            metrics,
+            gates,
+            select_worst_errors(test.images, test.labels, probabilities, spec.classes),
+            int8=package.int8,
+            parity_diff=package.parity_diff,
+            latency=latency,
+            artifacts=package.artifacts,
+        )
+        files = [
+            (a.path, a.sha256, a.size_bytes, _REGISTRY_KINDS[a.kind], "application/octet-stream")
+            for a in package.artifacts
+        ]
+        for path, kind, media in (
+            (report, "report", "text/html"),
+            (weights_path, "checkpoint", "application/octet-stream"),
+        ):
+            files.append((path, sha256_file(path), path.stat().st_size, kind, media))
+        body_artifacts = [
+            {
+                "kind": kind,
+                "sha256": sha,
+                "size_bytes": size,
+                "filename": path.name,
+                "media_type": media,
+                "uri": self._registry.upload_artifact(path, sha),
+            }
+            for path, sha, size, kind, media in files
+        ]
+        version_metrics: dict[str, float] = {
+            k: float(v)
+            for k, v in {
+                "accuracy": metrics.accuracy,
+                "false_reject_rate": metrics.false_reject_rate,
+                "escape_rate": metrics.escape_rate,
+                "latency_p95_ms": latency.p95_ms,
+                "int8_accuracy_delta": package.int8.delta,
+                "onnx_parity_max_abs_diff": package.parity_diff,
+                "training_seconds": time.perf_counter() - started,
+            }.items()
+            if np.isfinite(v)
+        }
+        body = {
+            "stage": stage,
+            "metrics": version_metrics,
+            "gate_results": [
+                {
+                    "gate": g.name,
+                    "passed": g.passed,
+                    "value": g.value if np.isfinite(g.value) else 0.0,
+                    "threshold": g.threshold if np.isfinite(g.threshold) else 0.0,
+                    "higher_is_better": g.higher_is_better,
+                    "detail": g.detail,
+                }
+                for g in gates
+            ],
+            "rejection_reasons": reasons,
+            "artifacts": body_artifacts,
+            "lineage": {
+                "parent_version": parent_version,
+                "dataset_snapshot_id": snapshot_id,
+                "dataset_sha256": snapshot_id,
+                "code_version": __version__,
+                "training_run_id": config.run_name,
+                "seed": config.seed,
+                "retrain_request_id": request.request_id,
+                "framework_versions": {"torch": torch.__version__},
+                "training_config": {
+                    "epochs": config.epochs,
+                    "lr": config.lr,
+                    "batch_size": config.batch_size,
+                    "num_workers": config.num_workers,
+                },
+            },
+            "classes": list(spec.classes),
+            "input_width": spec.input_size,
+            "input_height": spec.input_size,
+            "scope": {
+                "lines": list(request.scope.lines),
+                "skus": list(request.scope.skus),
+                "label_designs": list(request.scope.label_designs),
+            },
+        }
+        registered = self._registry.register_version(
+            settings.model_name, body, idempotency_key=request.request_id
+        )
+        if int(registered["version"]) != version:
+            log.warning(
+                "registry numbered the version %s, packaged as %s", registered["version"], version
+            )
+        event = ModelVersion(
+            name=settings.model_name,
+            version=str(registered["version"]),
+            stage=MODEL_STAGE_REJECTED if reasons else MODEL_STAGE_VALIDATED,
+            metrics=version_metrics,
+            rejection_reasons=reasons,
+            classes=list(spec.classes),
+            input_width=spec.input_size,
+            input_height=spec.input_size,
+        )
+        event.gate_results.extend(g.to_proto() for g in gates)
+        event.lineage.dataset_snapshot_id = snapshot_id
+        event.lineage.retrain_request_id = request.request_id
+        event.lineage.parent_version = str(parent_version or "")
+        event.created_at.GetCurrentTime()
+        self._bus.publish(
+            MODELS, event, event_id=derived_event_id(request.request_id, "model-version")
+        ).result(self._bus.settings.kafka.delivery_timeout_s)
+        log.info(
+            "model %s v%s %s in %.0fs",
+            settings.model_name,
+            version,
+            stage,
+            time.perf_counter() - started,
+        )
+        return TrainedVersion(
+            version, stage, metrics, registered, weights_path, package.triton_python_repo
+        )

@@ -1,0 +1,71 @@
+"""Settings of the trainer service (``INSPECTLOOP_TRAINER__...``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, model_validator
+
+from inspectloop.core.settings import CommonSettings, Section
+from inspectloop.trainer.gates import GateSettings
+
+
+class TrainerSection(Section):
+    model_name: str = Field(default="label-inspector", description="Registry name of the model.")
+    ray_address: str | None = Field(
+        default=None,
+        description="Ray dashboard address (http://host:8265) to submit training jobs to; "
+        "empty trains on a local Ray started in the trainer's process.",
+    )
+    ray_auth_token: SecretStr | None = Field(
+        default=None, description="Token of a Ray cluster started with RAY_AUTH_MODE=token."
+    )
+    num_workers: int = Field(default=2, ge=1, description="Ray Train workers (DDP ranks).")
+    cpus_per_worker: float = Field(default=1.0, gt=0, description="CPUs each worker reserves.")
+    use_gpu: bool = Field(default=False, description="Train on GPUs (one per worker).")
+    max_failures: int = Field(
+        default=2, ge=0, description="Worker-group restarts (from the last checkpoint) per run."
+    )
+    epochs: int = Field(default=14, ge=1, description="Epochs of a training from scratch.")
+    fine_tune_epochs: int = Field(
+        default=8, ge=1, description="Epochs when fine-tuning from the parent model."
+    )
+    lr: float = Field(default=4e-3, gt=0, description="Peak learning rate (one-cycle).")
+    batch_size: int = Field(default=64, ge=1, description="Batch size per worker.")
+    seed: int = Field(default=7, description="Seed of initialisation, data order, augmentation.")
+    width_multiplier: float = Field(default=1.0, description="Model width (channels) factor.")
+    image_size: int = Field(default=128, description="Input side in pixels.")
+    fine_tune: bool = Field(
+        default=True, description="Start from the parent (production) model's weights."
+    )
+    reference_datasets: tuple[Path, ...] = Field(
+        default=(), description="Reference datasets (simulator layout) every snapshot includes."
+    )
+    golden_dataset: Path | None = Field(
+        default=None, description="Dataset whose 'golden' split must never regress."
+    )
+    registry_url: str = Field(
+        default="http://127.0.0.1:8600", description="Base URL of the model registry."
+    )
+    registry_token: SecretStr | None = Field(
+        default=None, description="API token of the trainer's service account in the registry."
+    )
+    work_dir: Path | None = Field(
+        default=None, description="Snapshots, runs and packages; defaults to <data_dir>/trainer."
+    )
+    gates: GateSettings = Field(
+        default_factory=GateSettings, description="Validation gates a new version must pass."
+    )
+
+
+class TrainerSettings(CommonSettings):
+    trainer: TrainerSection = Field(
+        default_factory=TrainerSection, description="The trainer service."
+    )
+
+    @model_validator(mode="after")
+    def _derive_work_dir(self) -> TrainerSettings:
+        if self.trainer.work_dir is None:
+            section = self.trainer.model_copy(update={"work_dir": self.data_dir / "trainer"})
+            object.__setattr__(self, "trainer", section)
+        return self

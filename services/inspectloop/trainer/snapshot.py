@@ -1,0 +1,220 @@
+"""Dataset snapshots: exactly which images, with which labels, a model was trained on.
+
+A snapshot is a directory in the layout the training code reads (``<split>/<class>/<sha>.png``)
+plus ``manifest.jsonl``: one record per image with its SHA-256, label, split and source. Its id
+is the SHA-256 of the manifest, so the same inputs give the same id, and a model's lineage
+names its training data exactly.
+
+Sources:
+
+- the reference dataset(s) the first model was trained on, split as they were generated;
+- production images that operators labelled (``LabelStore``, fed by operator feedback), fetched
+  from the blob store by hash and split deterministically by hash (so an image never moves
+  between train and test from one snapshot to the next);
+- extra images of the new appearance (e.g. defects synthesised on the new design), split the
+  same way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sqlite3
+import tempfile
+import threading
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from inspectloop.core.blobstore import BlobStore
+from inspectloop.v1.feedback_pb2 import (
+    FEEDBACK_VERDICT_CONFIRMED_DEFECT,
+    FEEDBACK_VERDICT_ESCAPE_REPORTED,
+    FEEDBACK_VERDICT_FALSE_REJECT,
+    FEEDBACK_VERDICT_GOOD_CONFIRMED,
+    OperatorFeedback,
+)
+
+GOOD = "good"
+MANIFEST = "manifest.jsonl"
+
+
+def label_from_feedback(feedback: OperatorFeedback, classes: Sequence[str]) -> str | None:
+    """The class an operator's verdict gives the image, or None when it gives none we train on
+    (a defect the operator could not name, or a class the model does not have)."""
+    if feedback.verdict in (FEEDBACK_VERDICT_FALSE_REJECT, FEEDBACK_VERDICT_GOOD_CONFIRMED):
+        return GOOD
+    if feedback.verdict in (FEEDBACK_VERDICT_CONFIRMED_DEFECT, FEEDBACK_VERDICT_ESCAPE_REPORTED):
+        return feedback.defect_class if feedback.defect_class in classes else None
+    return None
+
+
+@dataclass(frozen=True)
+class LabelledImage:
+    sha256: str
+    label: str
+    line: str
+    sku: str
+    label_design: str
+    source: str  # e.g. "operator:op-ana" or "synthetic"
+
+
+class LabelStore:
+    """Images operators labelled, newest verdict per image wins; SQLite, owned by the trainer."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(
+            path, timeout=30, isolation_level=None, check_same_thread=False
+        )
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute(
+            "CREATE TABLE IF NOT EXISTS labels (image_sha256 TEXT PRIMARY KEY, label TEXT NOT NULL,"
+            " line TEXT, sku TEXT, label_design TEXT, source TEXT, labelled_at REAL NOT NULL)"
+        )
+        self._lock = threading.Lock()
+
+    def add(self, image: LabelledImage, labelled_at: float) -> None:
+        with self._lock:
+            self._conn.execute(
+                "INSERT INTO labels VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (image_sha256) DO "
+                "UPDATE SET label = excluded.label, source = excluded.source, "
+                "labelled_at = excluded.labelled_at WHERE excluded.labelled_at >= labelled_at",
+                (
+                    image.sha256,
+                    image.label,
+                    image.line,
+                    image.sku,
+                    image.label_design,
+                    image.source,
+                    labelled_at,
+                ),
+            )
+
+    def select(self, lines: Sequence[str] = (), skus: Sequence[str] = ()) -> list[LabelledImage]:
+        """Labelled images in scope (empty filters mean all), in a stable order."""
+        query = "SELECT image_sha256, label, line, sku, label_design, source FROM labels"
+        clauses: list[str] = []
+        args: list[str] = []
+        if lines:
+            clauses.append(f"line IN ({','.join('?' * len(lines))})")
+            args.extend(lines)
+        if skus:
+            clauses.append(f"sku IN ({','.join('?' * len(skus))})")
+            args.extend(skus)
+        if clauses:
+            query += " WHERE " + " AND ".join(clauses)
+        with self._lock:
+            rows = self._conn.execute(query + " ORDER BY image_sha256", args).fetchall()
+        return [LabelledImage(*row) for row in rows]
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    snapshot_id: str  # SHA-256 of the manifest
+    directory: Path
+    counts: dict[str, dict[str, int]]  # split -> class -> images
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.directory / MANIFEST
+
+
+def hash_split(sha256: str, fractions: Sequence[tuple[str, float]]) -> str:
+    """A split chosen by the image's hash: stable across snapshots, independent of order."""
+    position = int(sha256[:8], 16) / 0xFFFFFFFF
+    total = sum(f for _, f in fractions)
+    cumulative = 0.0
+    for name, fraction in fractions:
+        cumulative += fraction / total
+        if position <= cumulative:
+            return name
+    return fractions[-1][0]
+
+
+def _link(source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)  # same filesystem: no copy
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+def build_snapshot(
+    root: Path,
+    *,
+    reference_datasets: Sequence[Path],
+    labelled: Iterable[LabelledImage],
+    blob_store: BlobStore,
+    classes: Sequence[str],
+    splits: Sequence[tuple[str, float]] = (("train", 0.7), ("val", 0.15), ("test", 0.15)),
+) -> Snapshot:
+    """Assemble a snapshot under ``root/<snapshot_id>`` (reused when it exists already)."""
+    root.mkdir(parents=True, exist_ok=True)
+    records: list[dict[str, Any]] = []
+    staging = Path(tempfile.mkdtemp(prefix=".snapshot-", dir=root))
+    try:
+        for dataset in reference_datasets:
+            for line in (dataset / MANIFEST).read_text(encoding="utf-8").splitlines():
+                if not line.strip():
+                    continue
+                item = json.loads(line)
+                rel = Path(item["path"])
+                split, label = rel.parts[0], rel.parts[1]
+                if label not in classes:
+                    continue
+                sha = rel.stem
+                target = Path(split) / label / f"{sha}.png"
+                _link(dataset / rel, staging / target)
+                records.append(
+                    {
+                        "path": target.as_posix(),
+                        "sha256": sha,
+                        "label": label,
+                        "split": split,
+                        "source": f"reference:{dataset.name}",
+                    }
+                )
+        for image in labelled:
+            if image.label not in classes:
+                continue
+            split = hash_split(image.sha256, splits)
+            target = Path(split) / image.label / f"{image.sha256}.png"
+            target_path = staging / target
+            target_path.parent.mkdir(parents=True, exist_ok=True)
+            target_path.write_bytes(blob_store.get(image.sha256))  # get() verifies the hash
+            records.append(
+                {
+                    "path": target.as_posix(),
+                    "sha256": image.sha256,
+                    "label": image.label,
+                    "split": split,
+                    "source": image.source,
+                    "line": image.line,
+                    "sku": image.sku,
+                    "label_design": image.label_design,
+                }
+            )
+        records.sort(key=lambda r: r["path"])
+        manifest = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
+        snapshot_id = hashlib.sha256(manifest.encode()).hexdigest()
+        (staging / MANIFEST).write_text(manifest, encoding="utf-8")
+        final = root / snapshot_id
+        if final.exists():
+            shutil.rmtree(staging)
+        else:
+            staging.rename(final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    counts: dict[str, Counter[str]] = {}
+    for record in records:
+        counts.setdefault(record["split"], Counter())[record["label"]] += 1
+    return Snapshot(snapshot_id, final, {s: dict(c) for s, c in counts.items()})
