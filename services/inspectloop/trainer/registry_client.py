@@ -71,5 +71,10 @@ class RegistryClient:
         items: list[dict[str, Any]] = result["versions"] if isinstance(result, dict) else result
         return items
 
+    def version(self, model_name: str, version: int) -> dict[str, Any]:
+        """One version in full: artifacts, lineage, gates, approvals."""
+        result: dict[str, Any] = self._call("GET", f"/v1/models/{model_name}/versions/{version}")
+        return result
+
     def close(self) -> None:
         self._http.close()

@@ -82,9 +82,9 @@ def _split(dataset_dir: Path, split: str, spec: ModelSpec) -> ImageSet:
 
 
 def _golden(model: InspectionCNN, images: ImageSet, spec: ModelSpec) -> GoldenPredictions:
-    probabilities = predict(model, InspectionDataset(images, spec.preprocess))
+    probabilities, _ = predict(model, InspectionDataset(images, spec.preprocess))
     ids = [str(r.get("sha256") or Path(r["path"]).stem) for r in images.records]
-    return GoldenPredictions.from_probabilities(ids, images.labels, probabilities)
+    return GoldenPredictions.from_probabilities(ids, images.labels, probabilities.numpy())
 
 
 class TrainerService:
@@ -140,7 +140,8 @@ class TrainerService:
         for stage in ("production", "validated"):
             candidates = [v for v in versions if v.get("stage") == stage]
             if candidates:
-                parent = max(candidates, key=lambda v: int(v["version"]))
+                newest = max(int(v["version"]) for v in candidates)
+                parent = self._registry.version(self.settings.model_name, newest)
                 weights = next(
                     (a for a in parent.get("artifacts", []) if a.get("kind") == "checkpoint"), None
                 )
@@ -242,7 +243,7 @@ class TrainerService:
         gates = evaluate_gates(metrics, golden, parent_golden, latency, settings.gates)
         reasons = rejection_reasons(gates)
         stage = "rejected" if reasons else "validated"
-        probabilities = predict(model, InspectionDataset(test, spec.preprocess))
+        probabilities, _ = predict(model, InspectionDataset(test, spec.preprocess))
         report = write_report(
             out_dir / "report.html",
             ReportInfo(
@@ -262,7 +263,7 @@ class TrainerService:
             ),
             metrics,
             gates,
-            select_worst_errors(test.images, test.labels, probabilities, spec.classes),
+            select_worst_errors(test.images, test.labels, probabilities.numpy(), spec.classes),
             int8=package.int8,
             parity_diff=package.parity_diff,
             latency=latency,
@@ -377,3 +378,53 @@ class TrainerService:
         return TrainedVersion(
             version, stage, metrics, registered, weights_path, package.triton_python_repo
         )
+
+
+def main() -> None:
+    """``python -m inspectloop.trainer.service``: consume feedback and retrain requests."""
+    import signal  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+
+    from prometheus_client import CollectorRegistry  # noqa: PLC0415
+
+    from inspectloop.core.blobstore import build_blob_store  # noqa: PLC0415
+    from inspectloop.core.bus import build_bus  # noqa: PLC0415
+    from inspectloop.core.logging import configure_logging  # noqa: PLC0415
+    from inspectloop.core.settings import load_settings  # noqa: PLC0415
+    from inspectloop.core.topics import FEEDBACK, RETRAIN_REQUESTS  # noqa: PLC0415
+    from inspectloop.trainer.runner import build_runner  # noqa: PLC0415
+    from inspectloop.trainer.settings import TrainerSettings  # noqa: PLC0415
+
+    settings = load_settings(TrainerSettings, service="trainer")
+    configure_logging(settings.logging, settings.service)
+    section = settings.trainer
+    assert section.work_dir is not None
+    metrics_registry = CollectorRegistry()
+    bus = build_bus(settings.bus, settings.service, metrics_registry)
+    bus.ensure_topics([FEEDBACK, RETRAIN_REQUESTS, MODELS])
+    token = section.registry_token.get_secret_value() if section.registry_token else None
+    ray_token = section.ray_auth_token.get_secret_value() if section.ray_auth_token else None
+    service = TrainerService(
+        section,
+        bus=bus,
+        blob_store=build_blob_store(settings.blob_store),
+        registry=RegistryClient(section.registry_url, token),
+        runner=build_runner(section.ray_address, ray_token),
+        labels=LabelStore(section.work_dir / "labels.sqlite3"),
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    # Labels keep flowing while a training runs: feedback has its own consumer thread.
+    feedback = bus.consumer("trainer-labels", [FEEDBACK], service.handle_feedback)
+    labels_thread = threading.Thread(target=feedback.run, args=(stop,), daemon=True)
+    labels_thread.start()
+    retrain = bus.consumer("trainer", [RETRAIN_REQUESTS], service.handle_retrain)
+    log.info("trainer ready: model %s, ray %s", section.model_name, section.ray_address or "local")
+    retrain.run(stop)
+    labels_thread.join(timeout=30)
+    bus.close()
+
+
+if __name__ == "__main__":
+    main()
