@@ -151,3 +151,8 @@ def test_every_section_has_a_description() -> None:
         n for n, info, section in _fields(CommonSettings) if section and not info.description
     ]
     assert missing == []
+
+
+def test_harness_variables_are_not_mistaken_for_typos(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INSPECTLOOP_CACHE_DIR", "/var/cache/inspectloop")
+    assert load_settings(CommonSettings).service == "inspectloop"

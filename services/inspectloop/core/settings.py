@@ -18,6 +18,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from inspectloop.core.errors import ConfigError
 
 ENV_PREFIX = "INSPECTLOOP_"
+# Read by the developer harness and scripts, never by a service: not settings, not typos.
+TOOL_VARIABLES = frozenset(
+    {"INSPECTLOOP_CACHE_DIR", "INSPECTLOOP_HARNESS_STATE_DIR", "INSPECTLOOP_VENV"}
+)
 
 
 class Section(BaseModel):
@@ -185,6 +189,7 @@ def load_settings(cls: type[SettingsT], **overrides: Any) -> SettingsT:
         name
         for name in os.environ
         if name.upper().startswith(ENV_PREFIX)
+        and name.upper() not in TOOL_VARIABLES
         and name[len(ENV_PREFIX) :].upper().split("__", 1)[0] not in known
     )
     if unknown:

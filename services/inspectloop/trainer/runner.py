@@ -90,6 +90,22 @@ class JobSubmissionRunner:
         except Exception as exc:  # the client raises plain exceptions when unreachable
             raise BackendUnavailableError(f"Ray cluster at {address} unreachable: {exc}") from exc
 
+    def _submit(self, entrypoint: str, submission_id: str) -> str:
+        # A head that has just started answers before its job agent is up ("No available
+        # agent to submit job"): that is worth a retry, within a deadline.
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                job_id: str = self._client.submit_job(
+                    entrypoint=entrypoint, submission_id=submission_id
+                )
+            except RuntimeError as exc:
+                if "No available agent" not in str(exc) or time.monotonic() > deadline:
+                    raise BackendUnavailableError(f"cannot submit training job: {exc}") from exc
+                time.sleep(self._poll_s)
+                continue
+            return job_id
+
     def run(self, config: TrainingConfig, work_dir: Path) -> TrainingResult:
         from ray.job_submission import JobStatus  # noqa: PLC0415
 
@@ -98,7 +114,7 @@ class JobSubmissionRunner:
         config_path.write_text(config.to_json(), encoding="utf-8")
         result_path = work_dir / RESULT_FILE
         result_path.unlink(missing_ok=True)
-        job_id = self._client.submit_job(
+        job_id = self._submit(
             entrypoint=f"{sys.executable} -m inspectloop.trainer.job {config_path} {result_path}",
             submission_id=f"{config.run_name}-{int(time.time())}",
         )
