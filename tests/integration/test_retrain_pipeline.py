@@ -73,7 +73,16 @@ def registry_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         process.stop()
 
 
+@pytest.fixture
+def local_ray() -> Iterator[LocalRayRunner]:
+    import ray  # noqa: PLC0415 - Ray starts only for this test
+
+    yield LocalRayRunner(num_cpus=2)
+    ray.shutdown()
+
+
 def test_retrain_request_to_registered_version_served_by_triton(
+    local_ray: LocalRayRunner,
     registry_url: str,
     triton_server: TritonServer,
     triton_model_repository: Path,
@@ -106,7 +115,7 @@ def test_retrain_request_to_registered_version_served_by_triton(
         bus=bus,
         blob_store=FilesystemBlobStore(tmp_path / "blobs", 64 * 1024 * 1024),
         registry=registry,
-        runner=LocalRayRunner(num_cpus=2),
+        runner=local_ray,
         labels=LabelStore(tmp_path / "labels.sqlite3"),
     )
     request = RetrainRequest(request_id="req-1", reason=RETRAIN_REASON_DRIFT, requested_by="test")

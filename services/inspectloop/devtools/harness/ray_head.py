@@ -26,7 +26,17 @@ class RayHead:
     def __init__(self, data_dir: Path, num_cpus: int = 2) -> None:
         self.data_dir = Path(data_dir)
         self.num_cpus = num_cpus
-        self.gcs_port, self.dashboard_port = pick_free_ports(2)
+        # Every port of its own: another Ray on the machine (a test's local ray.init) holds the
+        # defaults, and a head whose dashboard agent cannot bind never accepts jobs.
+        (
+            self.gcs_port,
+            self.dashboard_port,
+            self._agent_port,
+            self._agent_grpc_port,
+            self._metrics_port,
+            self._runtime_env_port,
+            self._client_port,
+        ) = pick_free_ports(7)
         self.auth_token = secrets.token_hex(32)
         self._process: ManagedProcess | None = None
 
@@ -60,12 +70,17 @@ class RayHead:
                 "--include-dashboard=true",
                 "--dashboard-host=127.0.0.1",
                 f"--dashboard-port={self.dashboard_port}",
+                f"--dashboard-agent-listen-port={self._agent_port}",
+                f"--dashboard-agent-grpc-port={self._agent_grpc_port}",
+                f"--metrics-export-port={self._metrics_port}",
+                f"--runtime-env-agent-port={self._runtime_env_port}",
+                f"--ray-client-server-port={self._client_port}",
                 f"--temp-dir={self._tmp}",
                 "--disable-usage-stats",
             ],
             self.data_dir / "ray-head.log",
             env=env,
-            stop_grace=30,
+            stop_grace=10,  # ray start --block may ignore SIGTERM; its group is then killed
         )
         self._process.start()
         self._process.wait_ready(self._ready, timeout)
