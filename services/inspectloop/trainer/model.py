@@ -39,7 +39,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -61,9 +61,9 @@ DEFAULT_CLASSES: tuple[str, ...] = (
 
 GOOD_CLASS = "good"
 
-MEAN: tuple[float, float, float] = (0.62, 0.61, 0.60)
+MEAN: tuple[float, float, float] = (0.61, 0.60, 0.60)
 """Per-channel mean of ``x / 255`` (R, G, B)."""
-STD: tuple[float, float, float] = (0.30, 0.30, 0.30)
+STD: tuple[float, float, float] = (0.31, 0.31, 0.28)
 """Per-channel standard deviation of ``x / 255`` (R, G, B)."""
 
 STAGE_CHANNELS: tuple[int, ...] = (24, 32, 64, 96, 128)
@@ -110,6 +110,7 @@ class ModelSpec:
     width_multiplier: float = 1.0
     embedding_dim: int = 48
     depths: tuple[int, ...] = STAGE_DEPTHS
+    pooling: Literal["avg", "avgmax"] = "avgmax"
     dropout: float = 0.0
     preprocess: Preprocess = field(default_factory=Preprocess)
 
@@ -162,6 +163,7 @@ class ModelSpec:
             width_multiplier=float(data["width_multiplier"]),
             embedding_dim=int(data["embedding_dim"]),
             depths=tuple(int(d) for d in data.get("depths", STAGE_DEPTHS)),
+            pooling=data.get("pooling", "avg"),  # specs written before the field: avg
             dropout=float(data.get("dropout", 0.0)),
             preprocess=Preprocess(
                 mean=tuple(pre.get("mean", MEAN)),
@@ -197,9 +199,11 @@ class InspectionCNN(nn.Module):
             layers.extend(conv_bn_relu(c_out, c_out) for _ in range(depth - 1))
             c_in = c_out
         self.body = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.avg_pool = nn.AdaptiveAvgPool2d(1)
+        self.max_pool = nn.AdaptiveMaxPool2d(1) if self.spec.pooling == "avgmax" else None
+        pooled = c_in * (2 if self.max_pool is not None else 1)
         self.embed = nn.Sequential(
-            nn.Flatten(), nn.Linear(c_in, self.spec.embedding_dim), nn.ReLU(inplace=True)
+            nn.Flatten(), nn.Linear(pooled, self.spec.embedding_dim), nn.ReLU(inplace=True)
         )
         self.dropout = nn.Dropout(self.spec.dropout)
         self.head = nn.Linear(self.spec.embedding_dim, self.spec.num_classes)
@@ -220,7 +224,11 @@ class InspectionCNN(nn.Module):
 
     def features(self, x: Tensor) -> Tensor:
         """The embedding, ``N x embedding_dim`` (non-negative)."""
-        return self.embed(self.pool(self.body(x)))  # type: ignore[no-any-return]
+        maps = self.body(x)
+        pooled = self.avg_pool(maps)
+        if self.max_pool is not None:
+            pooled = torch.cat([pooled, self.max_pool(maps)], dim=1)
+        return self.embed(pooled)  # type: ignore[no-any-return]
 
     def forward_with_features(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Logits ``N x classes`` and embedding ``N x embedding_dim`` in one pass."""
@@ -256,7 +264,8 @@ def count_macs(spec: ModelSpec) -> int:
         side //= 2
         macs += side * side * 9 * c_in * c_out + (depth - 1) * side * side * 9 * c_out * c_out
         c_in = c_out
-    return macs + c_in * spec.embedding_dim + spec.embedding_dim * spec.num_classes
+    pooled = c_in * (2 if spec.pooling == "avgmax" else 1)
+    return macs + pooled * spec.embedding_dim + spec.embedding_dim * spec.num_classes
 
 
 def measure_latency(
