@@ -73,6 +73,7 @@ Image8 = npt.NDArray[np.uint8]
 
 PREPRINT_OMITTABLE = frozenset({"logo", "name", "band"})
 TEAR_RESIDUE = (112, 100, 84)
+MIN_PARTICLE_POINTS = 12  # candidate spots a contamination defect draws its particles from
 
 
 def supersample(size: int) -> int:
@@ -366,7 +367,7 @@ class LabelRenderer:
         )
         if defect == "contamination":
             points = static.stock_points
-            picks = defect_rng.choice(len(points), size=12, replace=False)
+            picks = defect_rng.choice(len(points), size=MIN_PARTICLE_POINTS, replace=False)
             spots = points[picks] + np.array([lx, ly], dtype=np.float64)
             scene_box = dfx.draw_particles(canvas, spots, view, severity, defect_rng)
 
@@ -803,19 +804,26 @@ def _landing_points(
     full.paste(design.palette.field_text, mask=fixed_ink)
     grey = np.asarray(full.convert("L"), dtype=np.int16)
     stock_grey = np.asarray(Image.new("RGB", (1, 1), design.palette.stock).convert("L"))[0, 0]
-    blank = np.abs(grey - int(stock_grey)) < 12
-    blank_img = Image.fromarray(blank.astype(np.uint8) * 255).filter(ImageFilter.MinFilter(9))
-    blank = np.asarray(blank_img) > 0
-    for name in ("serial", "code", "hri"):
-        if name in boxes:
-            x0, y0, x1, y1 = boxes[name]
-            blank[max(y0 - 4, 0) : y1 + 4, max(x0 - 4, 0) : x1 + 4] = False
+    stock = np.abs(grey - int(stock_grey)) < 12
     margin = round(0.05 * height)
-    blank[:margin, :] = False
-    blank[-margin:, :] = False
-    blank[:, :margin] = False
-    blank[:, -margin:] = False
-    ys, xs = np.nonzero(blank[::2, ::2])
+    # Keep particles off the ink; on small renders a 9-pixel erosion can leave no blank stock
+    # at all (design B at 48 px), so it shrinks until enough landing points remain.
+    for erosion in (9, 5, 3):
+        blank_img = Image.fromarray(stock.astype(np.uint8) * 255).filter(
+            ImageFilter.MinFilter(erosion)
+        )
+        blank = np.asarray(blank_img) > 0
+        for name in ("serial", "code", "hri"):
+            if name in boxes:
+                x0, y0, x1, y1 = boxes[name]
+                blank[max(y0 - 4, 0) : y1 + 4, max(x0 - 4, 0) : x1 + 4] = False
+        blank[:margin, :] = False
+        blank[-margin:, :] = False
+        blank[:, :margin] = False
+        blank[:, -margin:] = False
+        ys, xs = np.nonzero(blank[::2, ::2])
+        if len(xs) >= MIN_PARTICLE_POINTS:
+            break
     stock_points = np.stack([xs * 2, ys * 2], axis=1).astype(np.float64)
     off_band = np.ones((height, width), dtype=bool)
     bx0, by0, bx1, by1 = boxes["band"]
