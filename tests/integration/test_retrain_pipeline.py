@@ -38,12 +38,14 @@ from inspectloop.trainer.runner import LocalRayRunner
 from inspectloop.trainer.service import TrainerService
 from inspectloop.trainer.settings import TrainerSection
 from inspectloop.trainer.snapshot import LabelStore
+from inspectloop.v1.common_pb2 import Scope
 from inspectloop.v1.models_pb2 import MODEL_STAGE_REJECTED, MODEL_STAGE_VALIDATED, ModelVersion
 from inspectloop.v1.monitor_pb2 import RETRAIN_REASON_DRIFT, RetrainRequest
 
 pytestmark = pytest.mark.integration
 
 SIZE = 64
+SYNTHESISED = 90
 TOKEN = "ilr_" + "t" * 40
 
 
@@ -108,6 +110,7 @@ def test_retrain_request_to_registered_version_served_by_triton(
         registry_url=registry_url,
         work_dir=tmp_path / "trainer",
         gates=GateSettings(latency_runs=20),
+        synthesised_images=SYNTHESISED,
     )
     registry = RegistryClient(registry_url, TOKEN)
     service = TrainerService(
@@ -118,7 +121,12 @@ def test_retrain_request_to_registered_version_served_by_triton(
         runner=local_ray,
         labels=LabelStore(tmp_path / "labels.sqlite3"),
     )
-    request = RetrainRequest(request_id="req-1", reason=RETRAIN_REASON_DRIFT, requested_by="test")
+    request = RetrainRequest(
+        request_id="req-1",
+        reason=RETRAIN_REASON_DRIFT,
+        requested_by="test",
+        scope=Scope(lines=["line-1"], label_designs=["B"]),
+    )
     bus.publish(RETRAIN_REQUESTS, request, event_id="req-1").result(10)
 
     trained = []
@@ -138,6 +146,16 @@ def test_retrain_request_to_registered_version_served_by_triton(
     kinds = sorted(a["kind"] for a in record["artifacts"])
     assert kinds == ["checkpoint", "onnx", "onnx_int8", "report", "triton_repo", "triton_repo"]
     assert record["lineage"]["retrain_request_id"] == "req-1"
+    # The snapshot holds images rendered from the artwork of the redesign the request names,
+    # most of them with a synthesised defect.
+    snapshot = settings.work_dir / "snapshots" / record["lineage"]["dataset_snapshot_id"]
+    manifest = [json.loads(line) for line in (snapshot / "manifest.jsonl").open()]
+    synthetic = [r for r in manifest if r["source"].startswith("synthetic:design-B-")]
+    assert len(synthetic) == SYNTHESISED
+    good = sum(r["label"] == "good" for r in synthetic)
+    assert abs(good - SYNTHESISED * 0.2) <= 3  # each of the three splits rounds its share
+    assert {r["label"] for r in synthetic} == set(ModelSpec().classes)
+    assert len(manifest) == len(synthetic) + sum(1 for _ in (reference / "manifest.jsonl").open())
     gates = {g["gate"]: g for g in record["gate_results"]}
     assert gates["accuracy"]["threshold"] == 0.997
     # Three short epochs on 64-pixel images cannot reach 99.7%: the gates must say so.

@@ -26,6 +26,7 @@ from inspectloop import __version__
 from inspectloop.core.blobstore import BlobStore
 from inspectloop.core.bus import EventBus
 from inspectloop.core.bus.dedupe import derived_event_id
+from inspectloop.core.errors import BackendUnavailableError, PermanentError
 from inspectloop.core.events import Event
 from inspectloop.core.topics import MODELS
 from inspectloop.trainer.data import ImageSet, InspectionDataset, load_split
@@ -49,6 +50,7 @@ from inspectloop.trainer.snapshot import (
     build_snapshot,
     label_from_feedback,
 )
+from inspectloop.trainer.synthesis import synthesise_defects
 from inspectloop.v1.feedback_pb2 import OperatorFeedback
 from inspectloop.v1.models_pb2 import (
     MODEL_STAGE_REJECTED,
@@ -130,7 +132,14 @@ class TrainerService:
         )
 
     def handle_retrain(self, event: Event[RetrainRequest]) -> None:
-        self.retrain(event.message)
+        try:
+            self.retrain(event.message)
+        except BackendUnavailableError:
+            raise  # the bus pauses and redelivers once the registry or Ray is back
+        except Exception as exc:
+            # Ray Train already restarted failed workers (max_failures); running the whole
+            # training again on the same snapshot would fail the same way, for hours.
+            raise PermanentError(f"retraining failed: {type(exc).__name__}: {exc}") from exc
 
     # --- the pipeline ----------------------------------------------------------------------
 
@@ -153,6 +162,27 @@ class TrainerService:
                 return int(parent["version"]), path
         return None, None
 
+    def _synthesise(self, request: RetrainRequest) -> list[Path]:
+        """Defects synthesised on each label design the request names (see ``synthesis``)."""
+        settings = self.settings
+        if settings.synthesised_images == 0:
+            return []
+        datasets = []
+        for design in sorted(set(request.scope.label_designs)):
+            dataset = synthesise_defects(
+                self._work / "synthetic",
+                design=design,
+                skus=request.scope.skus,
+                n=settings.synthesised_images,
+                defect_fraction=settings.synthesis_defect_fraction,
+                seed=settings.seed,
+                size=settings.image_size,
+                serialization=settings.synthesis_serialization,
+            )
+            if dataset is not None:
+                datasets.append(dataset)
+        return datasets
+
     def retrain(self, request: RetrainRequest) -> TrainedVersion:
         started = time.perf_counter()
         settings = self.settings
@@ -161,6 +191,7 @@ class TrainerService:
             self._work / "snapshots",
             reference_datasets=settings.reference_datasets,
             labelled=self._labels.select(lines=list(scope.lines), skus=list(scope.skus)),
+            synthetic_datasets=self._synthesise(request),
             blob_store=self._blobs,
             classes=self.spec.classes,
         )

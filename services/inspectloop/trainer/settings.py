@@ -41,6 +41,18 @@ class TrainerSection(Section):
     reference_datasets: tuple[Path, ...] = Field(
         default=(), description="Reference datasets (simulator layout) every snapshot includes."
     )
+    synthesised_images: int = Field(
+        default=1000,
+        ge=0,
+        description="Images rendered from the artwork of each label design in a request's "
+        "scope, defects synthesised on most of them; 0 turns synthesis off.",
+    )
+    synthesis_defect_fraction: float = Field(
+        default=0.8, ge=0, le=1, description="Share of the synthesised images that are defective."
+    )
+    synthesis_serialization: str = Field(
+        default="gs1-dm", description="Serialization format printed on the synthesised labels."
+    )
     golden_dataset: Path | None = Field(
         default=None, description="Dataset whose 'golden' split must never regress."
     )

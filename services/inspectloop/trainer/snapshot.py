@@ -11,8 +11,7 @@ Sources:
 - production images that operators labelled (``LabelStore``, fed by operator feedback), fetched
   from the blob store by hash and split deterministically by hash (so an image never moves
   between train and test from one snapshot to the next);
-- extra images of the new appearance (e.g. defects synthesised on the new design), split the
-  same way.
+- defects synthesised on the new label design (``synthesis``), split as they were generated.
 """
 
 from __future__ import annotations
@@ -152,6 +151,7 @@ def build_snapshot(
     *,
     reference_datasets: Sequence[Path],
     labelled: Iterable[LabelledImage],
+    synthetic_datasets: Sequence[Path] = (),
     blob_store: BlobStore,
     classes: Sequence[str],
     splits: Sequence[tuple[str, float]] = (("train", 0.7), ("val", 0.15), ("test", 0.15)),
@@ -161,7 +161,9 @@ def build_snapshot(
     records: list[dict[str, Any]] = []
     staging = Path(tempfile.mkdtemp(prefix=".snapshot-", dir=root))
     try:
-        for dataset in reference_datasets:
+        datasets = [(d, "reference") for d in reference_datasets]
+        datasets += [(d, "synthetic") for d in synthetic_datasets]
+        for dataset, kind in datasets:
             for line in (dataset / MANIFEST).read_text(encoding="utf-8").splitlines():
                 if not line.strip():
                     continue
@@ -179,7 +181,7 @@ def build_snapshot(
                         "sha256": sha,
                         "label": label,
                         "split": split,
-                        "source": f"reference:{dataset.name}",
+                        "source": f"{kind}:{dataset.name}",
                     }
                 )
         for image in labelled:
