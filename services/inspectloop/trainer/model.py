@@ -7,7 +7,7 @@ Architecture (``InspectionCNN``, width multiplier 1, 128 x 128 input)::
     stage 2  conv3x3/2 32 -> 64, BN, ReLU; conv3x3 64 -> 64    16 x 16
     stage 3  conv3x3/2 64 -> 96, BN, ReLU; conv3x3 96 -> 96     8 x 8
     stage 4  conv3x3/2 96 -> 128, BN, ReLU                      4 x 4
-    global average pool -> linear 128 -> 48, ReLU  (the embedding)
+    global average and max pool -> linear 256 -> 48, ReLU  (the embedding)
     linear 48 -> classes                           (the logits)
 
 Why this shape: the defects are small and local (a smudge of a few output pixels, a 3-character
@@ -17,6 +17,8 @@ channels at 64 x 64 before the network gets deep; downsampling is by stride-2 co
 sees the stage's full width at that resolution, and the last stage's 4 x 4 grid has a
 receptive field covering the whole label, which the global classes (skewed label,
 misregistration) need. Plain conv-BN-ReLU: batch norm folds into the convolutions at export.
+The max pool next to the average: a smudge is a strong response in one cell of the 4 x 4 grid,
+which an average over 16 cells dilutes.
 
 The embedding is the model's small feature vector that the gateway publishes with every
 inspection, for drift detection in the monitor (a label redesign moves it far; lighting drift
@@ -25,7 +27,8 @@ classifier uses.
 
 Measured CPU latency (PyTorch 2.15 eager, float32, ``torch.set_num_threads(2)``, batch 1,
 3 x 128 x 128, eval mode, no grad; median of 200 runs after warm-up, on a shared 2-core cloud
-VM): **about 1.9 ms** per image for width 1.0 (0.25 M parameters, 72 M multiply-adds);
+VM): **about 1.9 ms** per image for width 1.0 (0.25 M parameters, 72 M multiply-adds), 3.2 ms
+median and 4.4 ms p99 when the machine is busy (measured by ``benchmarks/data_realism.py``);
 width 1.5: about 3.3 ms. Reproduce with ``python -m inspectloop.trainer.model``.
 
 Input normalisation (``Preprocess``): uint8 RGB ``H x W x 3`` images become float ``3 x H x W``

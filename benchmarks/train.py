@@ -1,0 +1,350 @@
+"""Retraining after a label redesign: time to >= 99.7%, and what Ray Train costs (issue 4).
+
+The redesign scenario's data, built the way the trainer service builds it:
+
+- the reference dataset of design A (the seed dataset the first model was trained on);
+- a few hundred production images of design B that operators labelled (mostly good), stored in
+  the blob store and the trainer's label store as operator feedback would put them there;
+- defects synthesised on design B (``inspectloop.trainer.synthesis``);
+- all three assembled into a content-addressed snapshot (``build_snapshot``).
+
+The parent model (design A only) is trained first with the plain loop; it is not part of the
+timed retraining. Then the same fine-tuning runs twice on the snapshot, with the same epochs,
+seed and CPUs:
+
+1. on Ray Train (``run_training``: TorchTrainer, 2 DDP workers with 1 CPU each, a checkpoint
+   every epoch), as the trainer service runs it;
+2. with the plain torch loop (``fit``) in this process, on 2 threads.
+
+Both models are judged on held-out design B and design A test images. Printed: time to retrain
+(to >= 99.7% on both designs, or how far it got), Ray's start-up (``ray.init`` and the worker
+group) separately, and Ray Train's overhead: its training loop time (from the workers' first
+step to the last epoch's report, checkpoints included) against the plain loop's.
+
+    python benchmarks/train.py                # full scale (about 25 min on 2 cores)
+    python benchmarks/train.py --scale 0.1    # a quick look (CI); accuracy goals not expected
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from inspectloop.core.blobstore import FilesystemBlobStore
+from inspectloop.simulator.dataset import DatasetSpec, write_dataset
+from inspectloop.trainer.data import Augment, ImageSet, InspectionDataset, load_split
+from inspectloop.trainer.fit import Metrics, evaluate, fit
+from inspectloop.trainer.model import ModelSpec, build_model
+from inspectloop.trainer.ray_loop import TrainingConfig, run_training
+from inspectloop.trainer.snapshot import LabelledImage, LabelStore, build_snapshot
+from inspectloop.trainer.synthesis import synthesise_defects
+
+GOAL_ACCURACY = 0.997
+
+
+@dataclass(frozen=True)
+class TrainBenchConfig:
+    seed: int = 0
+    size: int = 128
+    a_reference: int = 10000  # design A seed dataset (train/val/test 0.7/0.15/0.15)
+    a_defect_fraction: float = 0.6
+    b_labelled: int = 300  # operator-labelled production images of design B
+    b_labelled_defect_fraction: float = 0.1
+    b_synthesised: int = 2000  # rendered from the B artwork, 80% with a synthesised defect
+    b_test: int = 2000
+    parent_epochs: int = 24
+    parent_lr: float = 4e-3
+    epochs: int = 8  # fine-tuning, as the trainer's fine_tune_epochs
+    lr: float = 2e-3
+    batch_size: int = 64  # per worker on Ray; the plain loop uses workers x this
+    workers: int = 2
+
+    def scaled(self, factor: float) -> TrainBenchConfig:
+        def n(value: int) -> int:
+            return max(60, round(value * factor))
+
+        return replace(
+            self,
+            a_reference=n(self.a_reference),
+            b_labelled=n(self.b_labelled),
+            b_synthesised=n(self.b_synthesised),
+            b_test=n(self.b_test),
+        )
+
+
+def build_redesign_snapshot(config: TrainBenchConfig, root: Path) -> tuple[Path, ImageSet]:
+    """The snapshot a retraining after the redesign trains on, and a design B test set."""
+    s = config.seed
+    reference = root / "reference-A"
+    write_dataset(
+        DatasetSpec(
+            design="A",
+            n=config.a_reference,
+            seed=s + 1,
+            size=config.size,
+            defect_fraction=config.a_defect_fraction,
+        ),
+        reference,
+        workers=2,
+    )
+    production = root / "production-B"
+    write_dataset(
+        DatasetSpec(
+            design="B",
+            n=config.b_labelled,
+            seed=s + 3,
+            size=config.size,
+            defect_fraction=config.b_labelled_defect_fraction,
+            splits=(("all", 1.0),),
+            golden_per_class=0,
+        ),
+        production,
+        workers=2,
+    )
+    blobs = FilesystemBlobStore(root / "blobs", 16 * 1024 * 1024)
+    labels = LabelStore(root / "labels.sqlite3")
+    for line in (production / "manifest.jsonl").open():
+        record = json.loads(line)
+        blobs.put((production / record["path"]).read_bytes(), "image/png")
+        labels.add(
+            LabelledImage(
+                sha256=record["sha256"],
+                label=record["label"],
+                line="line-1",
+                sku=record["sku"],
+                label_design="B",
+                source="operator:benchmark",
+            ),
+            labelled_at=time.time(),
+        )
+    synthetic = synthesise_defects(
+        root / "synthetic",
+        design="B",
+        skus=(),
+        n=config.b_synthesised,
+        seed=s + 4,
+        size=config.size,
+        workers=2,
+    )
+    assert synthetic is not None
+    snapshot = build_snapshot(
+        root / "snapshots",
+        reference_datasets=[reference],
+        labelled=labels.select(lines=["line-1"]),
+        synthetic_datasets=[synthetic],
+        blob_store=blobs,
+        classes=ModelSpec(input_size=config.size).classes,
+    )
+    labels.close()
+    b_test = root / "test-B"
+    write_dataset(
+        DatasetSpec(
+            design="B",
+            n=config.b_test,
+            seed=s + 5,
+            size=config.size,
+            splits=(("test", 1.0),),
+            golden_per_class=0,
+        ),
+        b_test,
+        workers=2,
+    )
+    return snapshot.directory, load_split(b_test, "test")
+
+
+def _from_reference(record: dict[str, object]) -> bool:
+    """Whether a snapshot image comes from the design A reference dataset."""
+    return str(record.get("source", "")).startswith("reference:")
+
+
+def train_parent(config: TrainBenchConfig, snapshot: Path, out: Path) -> Path:
+    """The design A model the retraining fine-tunes (plain loop, reference images only)."""
+    spec = ModelSpec(input_size=config.size)
+    reference = load_split(snapshot, "train").where(_from_reference)
+    val = load_split(snapshot, "val").where(_from_reference)
+    model = build_model(spec, seed=config.seed)
+    fit(
+        model,
+        InspectionDataset(reference, spec.preprocess, Augment(), config.seed),
+        val,
+        config.parent_epochs,
+        config.parent_lr,
+        config.seed,
+        batch_size=config.batch_size,
+        evaluate_every=config.parent_epochs,
+    )
+    torch.save(model.state_dict(), out)
+    return out
+
+
+@dataclass
+class RunTimes:
+    startup_s: float  # ray.init plus the worker group, until the workers' first step
+    loop_s: float  # first step to the last epoch's report
+    teardown_s: float  # last report to the trained weights on disk
+    b: Metrics
+    a: Metrics
+
+
+@dataclass(frozen=True)
+class TestSets:
+    a: ImageSet  # design A test images of the snapshot
+    b: ImageSet  # held-out design B images
+
+
+def retrain_on_ray(
+    config: TrainBenchConfig, snapshot: Path, parent: Path, work: Path, tests: TestSets
+) -> RunTimes:
+    import ray  # noqa: PLC0415 - started only here
+
+    t0 = time.time()
+    ray.init(num_cpus=config.workers, include_dashboard=False, log_to_driver=False)
+    init_s = time.time() - t0
+    progress = work / "progress"
+    training = TrainingConfig(
+        dataset_dir=str(snapshot),
+        spec=ModelSpec(input_size=config.size).to_dict(),
+        epochs=config.epochs,
+        lr=config.lr,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        num_workers=config.workers,
+        cpus_per_worker=1.0,
+        storage_path=str(work / "runs"),
+        run_name="bench-retrain",
+        parent_weights=str(parent),
+        progress_dir=str(progress),
+    )
+    started = time.time()
+    try:
+        result = run_training(training)
+    finally:
+        finished = time.time()
+        ray.shutdown()
+    # The workers stamp their pid file when their loop starts and an epoch file at every report.
+    loop_start = max((progress / f"worker-{r}.pid").stat().st_mtime for r in range(config.workers))
+    last_report = max(
+        (progress / f"worker-{r}.epoch").stat().st_mtime for r in range(config.workers)
+    )
+    model = build_model(ModelSpec(input_size=config.size))
+    model.load_state_dict(torch.load(result.weights_path, weights_only=True))
+    return RunTimes(
+        startup_s=init_s + (loop_start - started),
+        loop_s=last_report - loop_start,
+        teardown_s=finished - last_report,
+        b=evaluate(model, tests.b),
+        a=evaluate(model, tests.a),
+    )
+
+
+def retrain_plain(
+    config: TrainBenchConfig, snapshot: Path, parent: Path, tests: TestSets
+) -> RunTimes:
+    spec = ModelSpec(input_size=config.size)
+    train = InspectionDataset(
+        load_split(snapshot, "train"), spec.preprocess, Augment(), config.seed
+    )
+    val = load_split(snapshot, "val")
+    model = build_model(spec, seed=config.seed)
+    model.load_state_dict(torch.load(parent, weights_only=True))
+    started = time.time()
+    # One process sees the whole batch that the Ray workers see together.
+    fit(
+        model,
+        train,
+        val,
+        config.epochs,
+        config.lr,
+        config.seed,
+        batch_size=config.batch_size * config.workers,
+    )
+    loop_s = time.time() - started
+    return RunTimes(0.0, loop_s, 0.0, evaluate(model, tests.b), evaluate(model, tests.a))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--scale", type=float, default=1.0, help="multiplies dataset sizes")
+    parser.add_argument("--epochs", type=int, help="fine-tuning epochs (default 8)")
+    parser.add_argument("--parent-epochs", type=int, help="parent epochs (default 24)")
+    parser.add_argument("--keep", type=Path, help="work here and keep it")
+    args = parser.parse_args()
+    config = TrainBenchConfig().scaled(args.scale)
+    if args.epochs:
+        config = replace(config, epochs=args.epochs)
+    if args.parent_epochs:
+        config = replace(config, parent_epochs=args.parent_epochs)
+    torch.set_num_threads(config.workers)
+    with tempfile.TemporaryDirectory(prefix="inspectloop-train-bench-") as tmp:
+        work = args.keep or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        t0 = time.time()
+        snapshot, b_test = build_redesign_snapshot(config, work)
+        tests = TestSets(
+            a=load_split(snapshot, "test").where(_from_reference),
+            b=b_test,
+        )
+        data_s = time.time() - t0
+        t0 = time.time()
+        parent = train_parent(config, snapshot, work / "parent.pt")
+        parent_s = time.time() - t0
+        ray_run = retrain_on_ray(config, snapshot, parent, work, tests)
+        plain = retrain_plain(config, snapshot, parent, tests)
+        counts = {split: len(load_split(snapshot, split)) for split in ("train", "val", "test")}
+    print(report(config, counts, data_s, parent_s, ray_run, plain))
+
+
+def report(  # noqa: PLR0917 - the figures of one run
+    config: TrainBenchConfig,
+    counts: dict[str, int],
+    data_s: float,
+    parent_s: float,
+    ray_run: RunTimes,
+    plain: RunTimes,
+) -> str:
+    def verdict(run: RunTimes) -> str:
+        ok = min(run.a.accuracy, run.b.accuracy) >= GOAL_ACCURACY
+        return "reached" if ok else "NOT reached"
+
+    total = ray_run.startup_s + ray_run.loop_s + ray_run.teardown_s
+    lines = [
+        f"retraining after the redesign — {config.size}px, {config.workers} CPUs, "
+        f"{config.epochs} fine-tuning epochs from the design A parent",
+        f"snapshot: {counts['train']} train / {counts['val']} val / {counts['test']} test images "
+        f"(design A reference {config.a_reference}, operator-labelled B {config.b_labelled}, "
+        f"synthesised B {config.b_synthesised}); data built in {data_s:.0f} s, "
+        f"parent trained in {parent_s:.0f} s ({config.parent_epochs} epochs, not timed below)",
+        "",
+        f"{'run':<28} {'start-up':>9} {'training':>9} {'teardown':>9} "
+        f"{'acc B':>8} {'FRR B':>7} {'esc B':>6} {'acc A':>8}  99.7% on A and B",
+    ]
+    for name, run in (("Ray Train (2 DDP workers)", ray_run), ("plain torch loop", plain)):
+        lines.append(
+            f"{name:<28} {run.startup_s:>8.1f}s {run.loop_s:>8.1f}s {run.teardown_s:>8.1f}s "
+            f"{run.b.accuracy:>8.2%} {run.b.false_reject_rate:>7.2%} {run.b.escapes:>6} "
+            f"{run.a.accuracy:>8.2%}  {verdict(run)}"
+        )
+    overhead = ray_run.loop_s / plain.loop_s - 1
+    lines += [
+        "",
+        f"time to retrain on Ray (start-up included): {total:.0f} s "
+        f"({verdict(ray_run)} >= {GOAL_ACCURACY:.1%} on both designs)",
+        f"Ray start-up (ray.init + worker group, reported apart): {ray_run.startup_s:.1f} s",
+        f"Ray Train overhead on training time: {overhead:+.1%} "
+        f"(ratio {ray_run.loop_s / plain.loop_s:.3f}; goal <= +10%)",
+        f"with teardown (final checkpoint, shutdown): "
+        f"{(ray_run.loop_s + ray_run.teardown_s) / plain.loop_s - 1:+.1%}",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
