@@ -14,7 +14,7 @@ Generates label datasets with the simulator's dataset API into a temporary direc
 Prints a table of the figures, with dataset sizes, epochs and run times. Seeds are fixed: the
 same command prints the same accuracies (run times aside) on the same machine and thread count.
 
-    python benchmarks/data_realism.py                 # full scale (about 15 min on 2 cores)
+    python benchmarks/data_realism.py                 # full scale (about 25 min on 2 cores)
     python benchmarks/data_realism.py --scale 0.25    # smaller datasets, same epochs
     python benchmarks/data_realism.py --errors-dir /tmp/errs   # save misclassified images
 """
@@ -69,7 +69,7 @@ class RealismConfig:
     drift_test: int = 2000
     lighting_drift: float = 0.6  # the lighting-drift scenario: ~75% light, ~4000 K
     width: float = 1.0
-    epochs: int = 24
+    epochs: int = 12
     lr: float = 4e-3
     batch_size: int = 64
     finetune_epochs: int = 8
@@ -378,7 +378,7 @@ def main() -> None:
     )
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies dataset sizes")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--epochs", type=int, help="design A epochs (default 24)")
+    parser.add_argument("--epochs", type=int, help="design A epochs (default 12)")
     parser.add_argument("--a-train", type=int, help="design A training images (default 10000)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--workers", type=int, default=2, help="generator processes")
