@@ -148,7 +148,7 @@ def test_retrain_request_to_registered_version_served_by_triton(
     assert record["lineage"]["retrain_request_id"] == "req-1"
     # The snapshot holds images rendered from the artwork of the redesign the request names,
     # most of them with a synthesised defect.
-    snapshot = settings.work_dir / "snapshots" / record["lineage"]["dataset_snapshot_id"]
+    snapshot = tmp_path / "trainer" / "snapshots" / record["lineage"]["dataset_snapshot_id"]
     manifest = [json.loads(line) for line in (snapshot / "manifest.jsonl").open()]
     synthetic = [r for r in manifest if r["source"].startswith("synthetic:design-B-")]
     assert len(synthetic) == SYNTHESISED
