@@ -17,6 +17,7 @@ same command prints the same accuracies (run times aside) on the same machine an
     python benchmarks/data_realism.py                 # full scale (about 25 min on 2 cores)
     python benchmarks/data_realism.py --scale 0.25    # smaller datasets, same epochs
     python benchmarks/data_realism.py --errors-dir /tmp/errs   # save misclassified images
+    python benchmarks/data_realism.py --parent /tmp/a.pt       # train A once, then reuse it
 """
 
 from __future__ import annotations
@@ -142,8 +143,15 @@ def generate(config: RealismConfig, root: Path, name: str, **overrides: Any) -> 
     }
 
 
-def run_realism(config: RealismConfig, root: Path, errors_dir: Path | None = None) -> RealismResult:
-    """Runs the whole experiment with datasets under ``root``."""
+def run_realism(
+    config: RealismConfig,
+    root: Path,
+    errors_dir: Path | None = None,
+    parent: Path | None = None,
+) -> RealismResult:
+    """Runs the whole experiment with datasets under ``root``. With ``parent``, the design A
+    model is loaded from that file when it exists (and saved there when it does not), so that
+    the fine-tuning can be studied without training A again."""
     torch.set_num_threads(config.threads)
     result = RealismResult(config)
     s = config.seed
@@ -221,21 +229,8 @@ def run_realism(config: RealismConfig, root: Path, errors_dir: Path | None = Non
 
     # 1. design A from scratch
     spec = ModelSpec(width_multiplier=config.width)
-    model_a = build_model(spec, seed=s)
     augment = Augment()
-    t0 = time.perf_counter()
-    history = fit(
-        model_a,
-        InspectionDataset(a["train"], spec.preprocess, augment),
-        a["val"],
-        epochs=config.epochs,
-        lr=config.lr,
-        seed=s,
-        batch_size=config.batch_size,
-        evaluate_every=max(1, config.epochs // 4),
-    )
-    result.seconds["train A"] = time.perf_counter() - t0
-    result.history["A"] = [asdict(e) for e in history.epochs]
+    model_a = train_design_a(config, spec, a, result, parent)
     result.latency_ms = measure_latency(model_a, config.size, threads=config.threads)
 
     def add(name: str, model_name: str, data_name: str, model: InspectionCNN, goal: str) -> None:
@@ -275,6 +270,36 @@ def run_realism(config: RealismConfig, root: Path, errors_dir: Path | None = Non
     for name in ("A test", "A lighting drift test", "B test"):
         result.statistics[name] = image_statistics(sets[name])
     return result
+
+
+def train_design_a(
+    config: RealismConfig,
+    spec: ModelSpec,
+    a: dict[str, ImageSet],
+    result: RealismResult,
+    parent: Path | None,
+) -> InspectionCNN:
+    """The design A model from scratch, or loaded from ``parent`` when that file exists."""
+    model = build_model(spec, seed=config.seed)
+    if parent is not None and parent.exists():
+        model.load_state_dict(torch.load(parent, weights_only=True))
+        return model
+    t0 = time.perf_counter()
+    history = fit(
+        model,
+        InspectionDataset(a["train"], spec.preprocess, Augment()),
+        a["val"],
+        epochs=config.epochs,
+        lr=config.lr,
+        seed=config.seed,
+        batch_size=config.batch_size,
+        evaluate_every=max(1, config.epochs // 4),
+    )
+    result.seconds["train A"] = time.perf_counter() - t0
+    result.history["A"] = [asdict(e) for e in history.epochs]
+    if parent is not None:
+        torch.save(model.state_dict(), parent)
+    return model
 
 
 def _sizes(images: ImageSet) -> dict[str, int]:
@@ -384,6 +409,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="generator processes")
     parser.add_argument("--errors-dir", type=Path, help="save misclassified images here")
     parser.add_argument("--keep", type=Path, help="generate the datasets here and keep them")
+    parser.add_argument(
+        "--parent", type=Path, help="design A model file: loaded if it exists, else saved there"
+    )
     args = parser.parse_args()
 
     config = RealismConfig(seed=args.seed, threads=args.threads, workers=args.workers)
@@ -394,10 +422,10 @@ def main() -> None:
         config = replace(config, a_train=args.a_train)
     started = time.perf_counter()
     if args.keep is not None:
-        result = run_realism(config, args.keep, args.errors_dir)
+        result = run_realism(config, args.keep, args.errors_dir, args.parent)
     else:
         with tempfile.TemporaryDirectory(prefix="inspectloop-realism-") as tmp:
-            result = run_realism(config, Path(tmp), args.errors_dir)
+            result = run_realism(config, Path(tmp), args.errors_dir, args.parent)
     result.seconds["total"] = time.perf_counter() - started
     print(format_result(result))
     failures = check_goals(result)
