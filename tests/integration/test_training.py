@@ -58,9 +58,12 @@ def wait_for(path: Path, predicate: object, timeout: float) -> str:
     raise AssertionError(f"{path} not ready within {timeout}s")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def local_ray() -> Iterator[LocalRayRunner]:
-    import ray  # noqa: PLC0415 - Ray starts only for this module
+    # Shut down before the next test starts its own Ray head: a driver whose local raylet dies
+    # (as when another head's teardown takes stray Ray processes with it) exits the whole
+    # pytest process with status 1, mid-run and without a report.
+    import ray  # noqa: PLC0415 - Ray starts only for the tests that use it
 
     runner = LocalRayRunner(num_cpus=2)
     yield runner
