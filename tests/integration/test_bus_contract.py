@@ -351,7 +351,14 @@ def test_crash_mid_stream_loses_no_acknowledged_event(bus_env: BusEnv) -> None:
     ) as consumer:
         # A deadline, not a wait: after the restart the group coordinator loads its log first,
         # which on a busy 2-core machine once took longer than 120 s.
-        drain(consumer, lambda: acked <= set(consumed), timeout=300)
+        try:
+            drain(consumer, lambda: acked <= set(consumed), timeout=300)
+        except AssertionError as exc:
+            # Tells a slow consumer from lost events when this fails.
+            missing = len(acked - set(consumed))
+            raise AssertionError(
+                f"{exc}: consumed {len(consumed)}, {missing} of {len(acked)} acknowledged missing"
+            ) from exc
     assert acked <= set(consumed), f"lost {len(acked - set(consumed))} acknowledged events"
     assert len(consumed) == len(set(consumed)), "the idempotent producer wrote duplicates"
 
