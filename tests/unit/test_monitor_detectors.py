@@ -17,6 +17,7 @@ from inspectloop.monitor.detectors import (
     MmdReference,
     ks_distance,
     max_mean_shift,
+    mmd2_on_pool,
     wilson_interval,
 )
 
@@ -28,6 +29,14 @@ def test_mmd_is_near_zero_for_one_distribution_and_large_for_a_shift() -> None:
     shifted = ref.mmd2(rng.normal(size=(100, 8)) + np.r_[1.0, np.zeros(7)])
     assert abs(np.mean(same)) < 0.01
     assert shifted > 5 * max(same)
+
+
+def test_mmd_on_a_pool_equals_the_direct_computation() -> None:
+    rng = np.random.default_rng(5)
+    ref = MmdReference.build(rng.normal(size=(200, 4)))
+    pool = rng.normal(size=(150, 4)) + 0.2
+    rows = rng.integers(0, len(pool), 60)
+    assert mmd2_on_pool(ref, pool)(rows) == pytest.approx(ref.mmd2(pool[rows]))
 
 
 def test_ks_distance_matches_the_definition() -> None:
@@ -90,7 +99,9 @@ def test_window_threshold_gives_the_expected_run_time_on_fresh_streams() -> None
     compare, pool = rng.normal(size=(400, 3)), rng.normal(size=(400, 3))
     mean, std = compare.mean(0), compare.std(0, ddof=1)
     plan = CalibrationPlan(ert=ert, window=window, check_every=every, streams=200, seed=3)
-    threshold = calibrate_window_statistic(lambda w: max_mean_shift(w, mean, std)[0], pool, plan)
+    threshold = calibrate_window_statistic(
+        lambda rows: max_mean_shift(pool[rows], mean, std)[0], len(pool), plan
+    )
     streams, length = 300, 40_000
     data = rng.normal(size=(streams, length, 3))
     sums = np.cumsum(data, axis=1)

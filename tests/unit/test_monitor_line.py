@@ -290,3 +290,17 @@ def test_malformed_inspections_are_permanent_errors(warmed: dict) -> None:  # ty
     event.feature_vector[0] = float("nan")
     with pytest.raises(PermanentError, match="non-finite"):
         line.monitor.on_inspection(event, "z", line.now)
+
+
+def test_a_model_that_rejects_its_warm_up_is_not_a_reference() -> None:
+    """A model that rejects most of a line's units (started after a redesign) keeps the line
+    in manual, whatever the detectors say later, and its warm-up counts toward the retrain."""
+    line = Line(seed=10)
+    events = line.run(SETTINGS.detectors.reference_size, Appearance(reject_rate=0.9))
+    assert line.monitor.mode == LINE_MODE_MANUAL
+    assert "does not fit this line" in line.of(LineModeChanged)[0].reason
+    line.run(300, Appearance(reject_rate=0.99))
+    assert line.monitor.mode == LINE_MODE_MANUAL
+    line.review(events[-60:], FEEDBACK_VERDICT_FALSE_REJECT)
+    (request,) = line.of(RetrainRequest)
+    assert request.reason == RETRAIN_REASON_DRIFT

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from inspectloop.monitor.detectors import Array, BernoulliCusum
+from inspectloop.monitor.detectors import Array, BernoulliCusum, Index
 
 EULER_GAMMA = 0.5772156649015329
 
@@ -53,16 +53,17 @@ def _level(monitored: int, ert: float) -> float:
 
 
 def calibrate_window_statistic(
-    statistic: Callable[[Array], float], pool: Array, plan: CalibrationPlan
+    statistic: Callable[[Index], float], pool_size: int, plan: CalibrationPlan
 ) -> float:
     """Threshold of a statistic computed on the last ``plan.window`` rows every
-    ``plan.check_every`` rows, for streams resampled from ``pool`` (rows i.i.d.)."""
+    ``plan.check_every`` rows, for streams resampled from a pool of ``pool_size`` rows (i.i.d.);
+    ``statistic`` takes a window as row indices into the pool."""
     rng = np.random.default_rng(plan.seed)
     checks = range(plan.window, plan.stream_length + 1, plan.check_every)
     maxima = np.empty(plan.streams)
     for s in range(plan.streams):
-        stream = rng.integers(0, len(pool), plan.stream_length)
-        maxima[s] = max(statistic(pool[stream[t - plan.window : t]]) for t in checks)
+        stream = rng.integers(0, pool_size, plan.stream_length)
+        maxima[s] = max(statistic(stream[t - plan.window : t]) for t in checks)
     return gumbel_quantile(maxima, _level(plan.stream_length - plan.window, plan.ert))
 
 

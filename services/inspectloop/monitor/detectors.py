@@ -21,6 +21,7 @@ statistic on reference data to the false-alarm rate asked for.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from statistics import NormalDist
 
@@ -36,6 +37,7 @@ ESCAPE_RATE = "escape_rate"
 
 #: Arrays of observations and statistics.
 Array = npt.NDArray[np.float64]
+Index = npt.NDArray[np.intp]
 
 #: The image statistics of ``ImageStats``, in the order the monitor keeps them.
 IMAGE_STAT_NAMES = ("brightness", "contrast", "sharpness", "mean_r", "mean_g", "mean_b")
@@ -81,6 +83,20 @@ class MmdReference:
         within_w = (k_ww.sum() - np.trace(k_ww)) / (m * (m - 1))
         cross = np.exp(-self.gamma * squared_distances(w, self.points)).mean()
         return float(within_w + self.within - 2.0 * cross)
+
+
+def mmd2_on_pool(reference: MmdReference, pool: Array) -> Callable[[Index], float]:
+    """``reference.mmd2`` of windows given as row indices into ``pool``, with every kernel value
+    computed once: calibration evaluates thousands of windows drawn from one pool."""
+    k_pool = np.exp(-reference.gamma * squared_distances(pool, pool))
+    cross = np.exp(-reference.gamma * squared_distances(pool, reference.points)).mean(1)
+
+    def mmd2(rows: Index) -> float:
+        m = len(rows)
+        within_w = (k_pool[np.ix_(rows, rows)].sum() - m) / (m * (m - 1))  # diagonal: k = 1
+        return float(within_w + reference.within - 2.0 * cross[rows].mean())
+
+    return mmd2
 
 
 def ks_distance(reference_sorted: Array, sample: Array) -> float:

@@ -179,6 +179,7 @@ class LineMonitor:
         self.model: ModelRef | None = None
         self.reference: Reference | None = None
         self.recovering = False  # a newly stable model, watched in guarded mode
+        self.unfit = ""  # why the stable model cannot be the line's reference, if it cannot
         self.seq = 0  # inspections of the line's stable model seen
         self.warm_up: list[tuple[Array, Array, float, bool]] = []
         self.features: deque[Array] = deque(maxlen=det.window)
@@ -288,6 +289,7 @@ class LineMonitor:
         first = self.model is None
         self.model = ModelRef(name=model.name, version=model.version, role=MODEL_ROLE_STABLE)
         self.reference = None
+        self.unfit = ""
         self.warm_up = []
         self.features.clear()
         self.stats.clear()
@@ -326,15 +328,18 @@ class LineMonitor:
         self.warm_up = []
         limit = self.settings.quality.max_reference_reject_rate
         if self.reference.reject_rate > limit:
-            return self._set_mode(
-                LINE_MODE_MANUAL,
+            # Not a reference but a wrong model: manual until another model is stable, and the
+            # warm-up's images already count toward the retrain.
+            self.unfit = (
                 f"model {self.model.name} v{self.model.version} rejected "
                 f"{self.reference.reject_rate:.0%} of its first {self.reference.size} "
-                f"inspections (> {limit:.0%}): it does not fit this line",
-                [],
-                event_id,
-                now,
+                f"inspections (> {limit:.0%}): it does not fit this line"
             )
+            self.recovering = False
+            self.episode = Episode(
+                RETRAIN_REASON_DRIFT, self.seq - self.reference.size + 1, self.unfit, []
+            )
+            return self._set_mode(LINE_MODE_MANUAL, self.unfit, [], event_id, now)
         if self.recovering:
             self.recovering = False
             return self._settle(event_id, now, "the new model's reference is taken")
@@ -485,7 +490,9 @@ class LineMonitor:
         """Sets the mode the active alarms call for."""
         reason = reason or self._describe()
         severity, _ = self.severity()
-        if severity == ALERT_SEVERITY_CRITICAL:
+        if self.unfit:
+            mode, reason = LINE_MODE_MANUAL, self.unfit
+        elif severity == ALERT_SEVERITY_CRITICAL:
             mode = LINE_MODE_MANUAL
         elif severity == ALERT_SEVERITY_WARNING or self.recovering:
             mode = LINE_MODE_GUARDED
@@ -639,6 +646,7 @@ class LineMonitor:
             "model": _b64(self.model),
             "reference": _encode_reference(self.reference),
             "recovering": self.recovering,
+            "unfit": self.unfit,
             "seq": self.seq,
             "warm_up": _encode_arrays(self.warm_up),
             "features": [f.tolist() for f in self.features],
@@ -670,6 +678,7 @@ class LineMonitor:
         m.model = _unb64(ModelRef, state["model"])
         m.reference = _decode_reference(state["reference"])
         m.recovering = state["recovering"]
+        m.unfit = state["unfit"]
         m.seq = state["seq"]
         m.warm_up = _decode_arrays(state["warm_up"])
         m.features.extend(np.array(f) for f in state["features"])

@@ -31,6 +31,7 @@ from inspectloop.monitor.detectors import (
     MmdReference,
     ks_distance,
     max_mean_shift,
+    mmd2_on_pool,
     wilson_interval,
 )
 
@@ -108,13 +109,20 @@ class Reference:
         cusum = BernoulliCusum(p0, min(0.95, max(2 * p0, p0 + settings.reject_rate_shift)))
 
         plan = settings.plan
+        pool_stats, pool_confidences = stats[pool], confidences[pool]
         thresholds = {
-            FEATURE_MMD: calibrate_window_statistic(mmd.mmd2, projected[pool], plan),
+            FEATURE_MMD: calibrate_window_statistic(
+                mmd2_on_pool(mmd, projected[pool]), len(pool), plan
+            ),
             IMAGE_STATS: calibrate_window_statistic(
-                lambda w: max_mean_shift(w, stats_mean, stats_std)[0], stats[pool], plan
+                lambda rows: max_mean_shift(pool_stats[rows], stats_mean, stats_std)[0],
+                len(pool),
+                plan,
             ),
             CONFIDENCE_KS: calibrate_window_statistic(
-                lambda w: ks_distance(confidences_sorted, w), confidences[pool], plan
+                lambda rows: ks_distance(confidences_sorted, pool_confidences[rows]),
+                len(pool),
+                plan,
             ),
             REJECT_RATE_CUSUM: calibrate_cusum(cusum, p0, plan),
         }

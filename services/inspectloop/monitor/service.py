@@ -139,7 +139,6 @@ class MonitorService:
             outcome = "ignored" if not used else "warm_up" if warming else "monitored"
             self._metrics.inspections.labels(line=monitor.line, outcome=outcome).inc()
             self._publish(outputs)
-            self._export(monitor)
 
     def handle_feedback(self, event: Event[OperatorFeedback]) -> None:
         feedback = event.message
@@ -149,7 +148,6 @@ class MonitorService:
                 feedback, event.envelope.event_id, event.envelope.time.timestamp()
             )
             self._publish(outputs)
-            self._export(monitor)
 
     def handle_changeover(self, event: Event[ChangeoverAnnounced]) -> None:
         changeover = event.message
@@ -162,13 +160,15 @@ class MonitorService:
                     changeover, event.envelope.event_id, event.envelope.time.timestamp()
                 )
                 self._publish(outputs)
-                self._export(monitor)
 
     def persist(self, offsets: Mapping[TopicPartition, int] | None = None) -> None:
-        """Writes the state of every line changed since the last call (``before_commit``)."""
+        """Writes the state of every line changed since the last call (``before_commit``), and
+        exports their metrics (per batch: per inspection would cost more than the detectors)."""
         with self._lock:
             if self._dirty:
                 self._store.save({line: self.lines[line].to_state() for line in self._dirty})
+                for line in self._dirty:
+                    self._export(self.lines[line])
                 self._dirty.clear()
 
     # --- outputs ---------------------------------------------------------------------------
