@@ -304,3 +304,21 @@ def test_a_model_that_rejects_its_warm_up_is_not_a_reference() -> None:
     line.review(events[-60:], FEEDBACK_VERDICT_FALSE_REJECT)
     (request,) = line.of(RetrainRequest)
     assert request.reason == RETRAIN_REASON_DRIFT
+
+
+def test_retrain_requests_are_rate_limited_across_lines(
+    warmed: dict,  # type: ignore[type-arg]
+) -> None:
+    line = resume(warmed, seed=11)
+    line.monitor.requests_in_hour = lambda now: SETTINGS.retrain.max_per_hour  # budget spent
+    line.run(100, Appearance())
+    events = line.run(160, Appearance(shift=3.0, reject_rate=0.9, design="B"))
+    line.review(events[-80:], FEEDBACK_VERDICT_FALSE_REJECT)
+    assert line.monitor.mode == LINE_MODE_MANUAL
+    assert line.of(RetrainRequest) == []
+    line.monitor.requests_in_hour = lambda now: 0  # an hour later
+    line.review(
+        line.run(1, Appearance(shift=3.0, reject_rate=0.9, design="B")),
+        FEEDBACK_VERDICT_FALSE_REJECT,
+    )
+    assert len(line.of(RetrainRequest)) == 1

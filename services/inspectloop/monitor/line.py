@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import math
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -194,6 +195,11 @@ class LineMonitor:
         self.episode: Episode | None = None
         self.samples: deque[ImageRef] = deque(maxlen=settings.retrain.sample_images)
         self.retrain_times: list[float] = []  # this line's requests (for the cooldown)
+        # Requests of every line in the hour before a time; the service shares it between its
+        # lines so that the per-hour limit holds for the plant, not per line.
+        self.requests_in_hour: Callable[[float], int] = lambda now: sum(
+            1 for t in self.retrain_times if now - t < 3600
+        )
 
     # --- inputs ----------------------------------------------------------------------------
 
@@ -577,6 +583,8 @@ class LineMonitor:
         if episode.labelled < policy.min_labelled_images:
             return []
         if self.retrain_times and now - self.retrain_times[-1] < policy.cooldown_s:
+            return []  # debounced: checked again at the next labelled image
+        if self.requests_in_hour(now) >= policy.max_per_hour:
             return []
         return [self._retrain_request(episode, event_id, now)]
 

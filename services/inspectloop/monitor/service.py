@@ -106,6 +106,7 @@ class MonitorService:
         self._dirty: set[str] = set()
         self._lock = threading.Lock()
         for monitor in self.lines.values():
+            monitor.requests_in_hour = self._requests_in_hour
             self._export(monitor)
 
     def _line(self, line: str, what: str) -> LineMonitor:
@@ -114,8 +115,13 @@ class MonitorService:
         monitor = self.lines.get(line)
         if monitor is None:
             monitor = self.lines[line] = LineMonitor(line, self.settings)
+            monitor.requests_in_hour = self._requests_in_hour
         self._dirty.add(line)
         return monitor
+
+    def _requests_in_hour(self, now: float) -> int:
+        """Retrain requests of all lines in the hour before ``now`` (the plant-wide limit)."""
+        return sum(1 for m in self.lines.values() for t in m.retrain_times if now - t < 3600)
 
     # --- handlers --------------------------------------------------------------------------
 
