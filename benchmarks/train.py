@@ -2,10 +2,12 @@
 
 The redesign scenario's data, built the way the trainer service builds it:
 
-- the reference dataset of design A (the seed dataset the first model was trained on);
+- the reference datasets of design A (what the first model was trained on, subtle defects
+  included), of which the snapshot replays a fixed sample (the trainer's ``reference_replay``);
 - a few hundred production images of design B that operators labelled (mostly good), stored in
   the blob store and the trainer's label store as operator feedback would put them there;
-- defects synthesised on design B (``inspectloop.trainer.synthesis``);
+- defects synthesised on design B (``inspectloop.trainer.synthesis``), at every severity and
+  at subtle ones, as the trainer's defaults do;
 - all three assembled into a content-addressed snapshot (``build_snapshot``).
 
 The parent model (design A only) is trained first with the plain loop; it is not part of the
@@ -33,6 +35,7 @@ import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -50,15 +53,23 @@ GOAL_ACCURACY = 0.997
 
 @dataclass(frozen=True)
 class TrainBenchConfig:
+    """Dataset sizes and seeds: design A's are those of ``data_realism.py`` (same specs, same
+    seeds), so that its saved design A model can be the parent here (``--parent``)."""
+
     seed: int = 0
     size: int = 128
-    a_reference: int = 10000  # design A seed dataset (train/val/test 0.7/0.15/0.15)
+    a_reference: int = 10000  # design A seed dataset (train/val 0.88/0.12)
     a_defect_fraction: float = 0.6
+    a_subtle: int = 10000  # more design A defects at severities 0..0.35 (train)
+    a_hard: int = 6000  # subtle ink smudges (severity 0..0.25) and good units (train)
+    a_test: int = 2000
     b_labelled: int = 300  # operator-labelled production images of design B
     b_labelled_defect_fraction: float = 0.1
     b_synthesised: int = 2000  # rendered from the B artwork, 80% with a synthesised defect
+    b_synthesised_subtle: int = 4000  # the same at subtle severities (0..0.35)
+    reference_replay: int = 6000  # design A training images in the snapshot
     b_test: int = 2000
-    parent_epochs: int = 24
+    parent_epochs: int = 12
     parent_lr: float = 4e-3
     epochs: int = 8  # fine-tuning, as the trainer's fine_tune_epochs
     lr: float = 2e-3
@@ -72,27 +83,67 @@ class TrainBenchConfig:
         return replace(
             self,
             a_reference=n(self.a_reference),
+            a_subtle=n(self.a_subtle),
+            a_hard=n(self.a_hard),
+            a_test=n(self.a_test),
             b_labelled=n(self.b_labelled),
             b_synthesised=n(self.b_synthesised),
+            b_synthesised_subtle=n(self.b_synthesised_subtle),
+            reference_replay=n(self.reference_replay),
             b_test=n(self.b_test),
         )
 
 
-def build_redesign_snapshot(config: TrainBenchConfig, root: Path) -> tuple[Path, ImageSet]:
-    """The snapshot a retraining after the redesign trains on, and a design B test set."""
+def reference_specs(config: TrainBenchConfig) -> dict[str, DatasetSpec]:
+    """The design A datasets (as ``data_realism.py`` generates them for its design A model)."""
     s = config.seed
-    reference = root / "reference-A"
-    write_dataset(
-        DatasetSpec(
-            design="A",
+    common: dict[str, Any] = {
+        "product": "label",
+        "design": "A",
+        "size": config.size,
+        "serialization": "gs1-dm",
+        "golden_per_class": 0,
+    }
+    train = (("train", 1.0),)
+    return {
+        "a": DatasetSpec(
+            **common,
             n=config.a_reference,
             seed=s + 1,
-            size=config.size,
             defect_fraction=config.a_defect_fraction,
+            splits=(("train", 0.88), ("val", 0.12)),
         ),
-        reference,
-        workers=2,
-    )
+        "a-subtle": DatasetSpec(
+            **common,
+            n=config.a_subtle,
+            seed=s + 8,
+            defect_fraction=config.a_defect_fraction,
+            severity=(0.0, 0.35),
+            splits=train,
+        ),
+        "a-hard": DatasetSpec(
+            **common,
+            n=config.a_hard,
+            seed=s + 10,
+            defect_fraction=0.5,
+            defects=("ink_smudge",),
+            severity=(0.0, 0.25),
+            splits=train,
+        ),
+        "a-test": DatasetSpec(**common, n=config.a_test, seed=s + 2, splits=(("test", 1.0),)),
+    }
+
+
+def build_redesign_snapshot(
+    config: TrainBenchConfig, root: Path
+) -> tuple[Path, list[Path], ImageSet]:
+    """The snapshot a retraining after the redesign trains on, the design A reference
+    datasets, and a design B test set."""
+    s = config.seed
+    references = []
+    for name, spec in reference_specs(config).items():
+        references.append(root / f"reference-{name}")
+        write_dataset(spec, references[-1], workers=2)
     production = root / "production-B"
     write_dataset(
         DatasetSpec(
@@ -123,21 +174,28 @@ def build_redesign_snapshot(config: TrainBenchConfig, root: Path) -> tuple[Path,
             ),
             labelled_at=time.time(),
         )
-    synthetic = synthesise_defects(
-        root / "synthetic",
-        design="B",
-        skus=(),
-        n=config.b_synthesised,
-        seed=s + 4,
-        size=config.size,
-        workers=2,
-    )
-    assert synthetic is not None
+    synthetic = [
+        synthesise_defects(
+            root / "synthetic",
+            design="B",
+            skus=(),
+            n=n,
+            seed=s + 4,
+            size=config.size,
+            severity=severity,
+            workers=2,
+        )
+        for n, severity in (
+            (config.b_synthesised, (0.0, 1.0)),
+            (config.b_synthesised_subtle, (0.0, 0.35)),
+        )
+    ]
     snapshot = build_snapshot(
         root / "snapshots",
-        reference_datasets=[reference],
+        reference_datasets=references,
         labelled=labels.select(lines=["line-1"]),
-        synthetic_datasets=[synthetic],
+        synthetic_datasets=[d for d in synthetic if d is not None],
+        reference_train_limit=config.reference_replay,
         blob_store=blobs,
         classes=ModelSpec(input_size=config.size).classes,
     )
@@ -155,7 +213,7 @@ def build_redesign_snapshot(config: TrainBenchConfig, root: Path) -> tuple[Path,
         b_test,
         workers=2,
     )
-    return snapshot.directory, load_split(b_test, "test")
+    return snapshot.directory, references, load_split(b_test, "test")
 
 
 def _from_reference(record: dict[str, object]) -> bool:
@@ -163,21 +221,25 @@ def _from_reference(record: dict[str, object]) -> bool:
     return str(record.get("source", "")).startswith("reference:")
 
 
-def train_parent(config: TrainBenchConfig, snapshot: Path, out: Path) -> Path:
-    """The design A model the retraining fine-tunes (plain loop, reference images only)."""
+def train_parent(config: TrainBenchConfig, references: list[Path], out: Path) -> Path:
+    """The design A model the retraining fine-tunes: trained with the plain loop on every
+    training image of the reference datasets (not only the snapshot's replay sample), or
+    loaded from ``out`` when it exists."""
+    if out.exists():
+        return out
     spec = ModelSpec(input_size=config.size)
-    reference = load_split(snapshot, "train").where(_from_reference)
-    val = load_split(snapshot, "val").where(_from_reference)
+    train = ImageSet.concat([load_split(d, "train") for d in references if (d / "train").exists()])
+    val = ImageSet.concat([load_split(d, "val") for d in references if (d / "val").exists()])
     model = build_model(spec, seed=config.seed)
     fit(
         model,
-        InspectionDataset(reference, spec.preprocess, Augment(), config.seed),
+        InspectionDataset(train, spec.preprocess, Augment()),
         val,
         config.parent_epochs,
         config.parent_lr,
         config.seed,
         batch_size=config.batch_size,
-        evaluate_every=config.parent_epochs,
+        evaluate_every=max(1, config.parent_epochs // 4),
     )
     torch.save(model.state_dict(), out)
     return out
@@ -276,6 +338,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, help="fine-tuning epochs (default 8)")
     parser.add_argument("--parent-epochs", type=int, help="parent epochs (default 24)")
     parser.add_argument("--keep", type=Path, help="work here and keep it")
+    parser.add_argument(
+        "--parent",
+        type=Path,
+        help="design A model: loaded if the file exists (e.g. data_realism.py --parent at "
+        "the same scale and seed), else trained and saved there",
+    )
     args = parser.parse_args()
     config = TrainBenchConfig().scaled(args.scale)
     if args.epochs:
@@ -287,14 +355,14 @@ def main() -> None:
         work = args.keep or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         t0 = time.time()
-        snapshot, b_test = build_redesign_snapshot(config, work)
+        snapshot, references, b_test = build_redesign_snapshot(config, work)
         tests = TestSets(
             a=load_split(snapshot, "test").where(_from_reference),
             b=b_test,
         )
         data_s = time.time() - t0
         t0 = time.time()
-        parent = train_parent(config, snapshot, work / "parent.pt")
+        parent = train_parent(config, references, args.parent or work / "parent.pt")
         parent_s = time.time() - t0
         ray_run = retrain_on_ray(config, snapshot, parent, work, tests)
         plain = retrain_plain(config, snapshot, parent, tests)
@@ -319,8 +387,10 @@ def report(  # noqa: PLR0917 - the figures of one run
         f"retraining after the redesign — {config.size}px, {config.workers} CPUs, "
         f"{config.epochs} fine-tuning epochs from the design A parent",
         f"snapshot: {counts['train']} train / {counts['val']} val / {counts['test']} test images "
-        f"(design A reference {config.a_reference}, operator-labelled B {config.b_labelled}, "
-        f"synthesised B {config.b_synthesised}); data built in {data_s:.0f} s, "
+        f"(design A reference replay {config.reference_replay} of "
+        f"{config.a_reference + config.a_subtle + config.a_hard}, operator-labelled B "
+        f"{config.b_labelled}, synthesised B {config.b_synthesised} + "
+        f"{config.b_synthesised_subtle} subtle); data built in {data_s:.0f} s, "
         f"parent trained in {parent_s:.0f} s ({config.parent_epochs} epochs, not timed below)",
         "",
         f"{'run':<28} {'start-up':>9} {'training':>9} {'teardown':>9} "

@@ -46,6 +46,7 @@ pytestmark = pytest.mark.integration
 
 SIZE = 64
 SYNTHESISED = 90
+SYNTHESISED_SUBTLE = 60
 TOKEN = "ilr_" + "t" * 40
 
 
@@ -111,6 +112,7 @@ def test_retrain_request_to_registered_version_served_by_triton(
         work_dir=tmp_path / "trainer",
         gates=GateSettings(latency_runs=20),
         synthesised_images=SYNTHESISED,
+        synthesised_subtle_images=SYNTHESISED_SUBTLE,
     )
     registry = RegistryClient(registry_url, TOKEN)
     service = TrainerService(
@@ -151,9 +153,11 @@ def test_retrain_request_to_registered_version_served_by_triton(
     snapshot = tmp_path / "trainer" / "snapshots" / record["lineage"]["dataset_snapshot_id"]
     manifest = [json.loads(line) for line in (snapshot / "manifest.jsonl").open()]
     synthetic = [r for r in manifest if r["source"].startswith("synthetic:design-B-")]
-    assert len(synthetic) == SYNTHESISED
+    assert len(synthetic) == SYNTHESISED + SYNTHESISED_SUBTLE
+    assert len({r["source"] for r in synthetic}) == 2  # every severity, and subtle ones
     good = sum(r["label"] == "good" for r in synthetic)
-    assert abs(good - SYNTHESISED * 0.2) <= 3  # each of the three splits rounds its share
+    total = SYNTHESISED + SYNTHESISED_SUBTLE
+    assert abs(good - total * 0.2) <= 6  # each of the three splits of each set rounds
     assert {r["label"] for r in synthetic} == set(ModelSpec().classes)
     assert len(manifest) == len(synthetic) + sum(1 for _ in (reference / "manifest.jsonl").open())
     gates = {g["gate"]: g for g in record["gate_results"]}

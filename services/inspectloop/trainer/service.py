@@ -132,6 +132,7 @@ class TrainerService:
         )
 
     def handle_retrain(self, event: Event[RetrainRequest]) -> None:
+        self.wait_for_labels(event.message)
         try:
             self.retrain(event.message)
         except BackendUnavailableError:
@@ -140,6 +141,27 @@ class TrainerService:
             # Ray Train already restarted failed workers (max_failures); running the whole
             # training again on the same snapshot would fail the same way, for hours.
             raise PermanentError(f"retraining failed: {type(exc).__name__}: {exc}") from exc
+
+    def wait_for_labels(self, request: RetrainRequest) -> None:
+        """Returns once the label store holds the request's ``min_labelled_images`` in scope.
+
+        The requester counted them on the feedback topic, which this service reads in another
+        thread, so they normally arrive within seconds; after ``label_wait_s`` the request is
+        dead-lettered with the counts rather than trained on fewer labels than it asked for."""
+        needed = request.min_labelled_images
+        scope = request.scope
+        deadline = time.monotonic() + self.settings.label_wait_s
+        while True:
+            have = len(self._labels.select(lines=list(scope.lines), skus=list(scope.skus)))
+            if have >= needed:
+                return
+            if time.monotonic() >= deadline:
+                raise PermanentError(
+                    f"retrain request {request.request_id} needs {needed} operator-labelled "
+                    f"images in scope; the trainer holds {have} after waiting "
+                    f"{self.settings.label_wait_s:.0f} s"
+                )
+            time.sleep(0.5)  # the label consumer thread fills the store meanwhile
 
     # --- the pipeline ----------------------------------------------------------------------
 
@@ -163,24 +185,31 @@ class TrainerService:
         return None, None
 
     def _synthesise(self, request: RetrainRequest) -> list[Path]:
-        """Defects synthesised on each label design the request names (see ``synthesis``)."""
+        """Defects synthesised on each label design the request names (see ``synthesis``):
+        a set at every severity and a set at subtle severities."""
         settings = self.settings
-        if settings.synthesised_images == 0:
-            return []
+        sets = [
+            (settings.synthesised_images, (0.0, 1.0)),
+            (settings.synthesised_subtle_images, (0.0, settings.synthesis_subtle_severity)),
+        ]
         datasets = []
         for design in sorted(set(request.scope.label_designs)):
-            dataset = synthesise_defects(
-                self._work / "synthetic",
-                design=design,
-                skus=request.scope.skus,
-                n=settings.synthesised_images,
-                defect_fraction=settings.synthesis_defect_fraction,
-                seed=settings.seed,
-                size=settings.image_size,
-                serialization=settings.synthesis_serialization,
-            )
-            if dataset is not None:
-                datasets.append(dataset)
+            for n, severity in sets:
+                if n == 0:
+                    continue
+                dataset = synthesise_defects(
+                    self._work / "synthetic",
+                    design=design,
+                    skus=request.scope.skus,
+                    n=n,
+                    defect_fraction=settings.synthesis_defect_fraction,
+                    severity=severity,
+                    seed=settings.seed,
+                    size=settings.image_size,
+                    serialization=settings.synthesis_serialization,
+                )
+                if dataset is not None:
+                    datasets.append(dataset)
         return datasets
 
     def retrain(self, request: RetrainRequest) -> TrainedVersion:
@@ -194,6 +223,7 @@ class TrainerService:
             synthetic_datasets=self._synthesise(request),
             blob_store=self._blobs,
             classes=self.spec.classes,
+            reference_train_limit=settings.reference_replay or None,
         )
         log.info("snapshot %s: %s", snapshot.snapshot_id[:12], snapshot.counts)
         parent_version, parent_weights = self._parent() if settings.fine_tune else (None, None)

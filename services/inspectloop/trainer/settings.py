@@ -42,16 +42,37 @@ class TrainerSection(Section):
         default=(), description="Reference datasets (simulator layout) every snapshot includes."
     )
     synthesised_images: int = Field(
-        default=1000,
+        default=2000,
         ge=0,
         description="Images rendered from the artwork of each label design in a request's "
-        "scope, defects synthesised on most of them; 0 turns synthesis off.",
+        "scope, defects synthesised on most of them (severities 0..1); 0 turns synthesis off.",
+    )
+    synthesised_subtle_images: int = Field(
+        default=4000,
+        ge=0,
+        description="More renders of each design with defects at subtle severities only "
+        "(0..synthesis_subtle_severity): where the decision boundary is.",
+    )
+    synthesis_subtle_severity: float = Field(
+        default=0.35, gt=0, le=1, description="Highest severity of the subtle renders."
+    )
+    reference_replay: int = Field(
+        default=6000,
+        ge=0,
+        description="Most reference training images in a snapshot (a fixed sample by content "
+        "hash), so that fine-tuning time does not grow with the reference; 0 keeps them all.",
     )
     synthesis_defect_fraction: float = Field(
         default=0.8, ge=0, le=1, description="Share of the synthesised images that are defective."
     )
     synthesis_serialization: str = Field(
         default="gs1-dm", description="Serialization format printed on the synthesised labels."
+    )
+    label_wait_s: float = Field(
+        default=120,
+        ge=0,
+        description="How long a retrain request waits for the labelled images it requires "
+        "(min_labelled_images) to reach the trainer before it is dead-lettered.",
     )
     golden_dataset: Path | None = Field(
         default=None, description="Dataset whose 'golden' split must never regress."

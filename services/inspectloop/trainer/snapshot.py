@@ -146,6 +146,18 @@ def _link(source: Path, target: Path) -> None:
         shutil.copyfile(source, target)
 
 
+def _limit_reference_train(
+    sources: list[tuple[Path, dict[str, Any]]], limit: int
+) -> list[tuple[Path, dict[str, Any]]]:
+    train = sorted(
+        (r["sha256"], i)
+        for i, (_, r) in enumerate(sources)
+        if r["split"] == "train" and r["source"].startswith("reference:")
+    )
+    dropped = {i for _, i in train[limit:]}
+    return [s for i, s in enumerate(sources) if i not in dropped]
+
+
 def build_snapshot(
     root: Path,
     *,
@@ -155,14 +167,21 @@ def build_snapshot(
     blob_store: BlobStore,
     classes: Sequence[str],
     splits: Sequence[tuple[str, float]] = (("train", 0.7), ("val", 0.15), ("test", 0.15)),
+    reference_train_limit: int | None = None,
 ) -> Snapshot:
-    """Assemble a snapshot under ``root/<snapshot_id>`` (reused when it exists already)."""
+    """Assemble a snapshot under ``root/<snapshot_id>`` (reused when it exists already).
+
+    ``reference_train_limit`` keeps at most that many training images of the reference
+    datasets (those with the smallest content hashes: a fixed, class-blind sample), so that a
+    fine-tuning replays the old appearance without its time growing with the reference; the
+    reference's validation and test images are always kept."""
     root.mkdir(parents=True, exist_ok=True)
     records: list[dict[str, Any]] = []
     staging = Path(tempfile.mkdtemp(prefix=".snapshot-", dir=root))
     try:
         datasets = [(d, "reference") for d in reference_datasets]
         datasets += [(d, "synthetic") for d in synthetic_datasets]
+        sources: list[tuple[Path, dict[str, Any]]] = []
         for dataset, kind in datasets:
             for line in (dataset / MANIFEST).read_text(encoding="utf-8").splitlines():
                 if not line.strip():
@@ -173,17 +192,19 @@ def build_snapshot(
                 if label not in classes:
                     continue
                 sha = rel.stem
-                target = Path(split) / label / f"{sha}.png"
-                _link(dataset / rel, staging / target)
-                records.append(
-                    {
-                        "path": target.as_posix(),
-                        "sha256": sha,
-                        "label": label,
-                        "split": split,
-                        "source": f"{kind}:{dataset.name}",
-                    }
-                )
+                record = {
+                    "path": (Path(split) / label / f"{sha}.png").as_posix(),
+                    "sha256": sha,
+                    "label": label,
+                    "split": split,
+                    "source": f"{kind}:{dataset.name}",
+                }
+                sources.append((dataset / rel, record))
+        if reference_train_limit is not None:
+            sources = _limit_reference_train(sources, reference_train_limit)
+        for source, record in sources:
+            _link(source, staging / record["path"])
+            records.append(record)
         for image in labelled:
             if image.label not in classes:
                 continue

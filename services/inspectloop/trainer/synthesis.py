@@ -41,12 +41,13 @@ def synthesise_defects(
     seed: int,
     size: int,
     defect_fraction: float = 0.8,
+    severity: tuple[float, float] = (0.0, 1.0),
     serialization: str = "gs1-dm",
     workers: int = 1,
 ) -> Path | None:
     """A dataset of ``n`` images of label design ``design`` under ``root``, ``defect_fraction``
-    of them defective (every defect class, spread evenly, severities 0..1); None when the
-    design's artwork is unknown."""
+    of them defective (every defect class, spread evenly, severities uniform in ``severity``);
+    None when the design's artwork is unknown."""
     if design not in DESIGNS:
         log.warning("no artwork for label design %r: no defects synthesised for it", design)
         return None
@@ -59,6 +60,7 @@ def synthesise_defects(
         serialization=serialization,  # type: ignore[arg-type]
         skus=tuple(sorted(skus)),
         defect_fraction=defect_fraction,
+        severity=severity,
         splits=SPLITS,
         golden_per_class=0,
     )

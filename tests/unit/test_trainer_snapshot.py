@@ -1,0 +1,64 @@
+"""Dataset snapshots: the reference replay limit, and the labels a request requires."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from inspectloop.core.blobstore import FilesystemBlobStore
+from inspectloop.core.errors import PermanentError
+from inspectloop.simulator.dataset import DatasetSpec, write_dataset
+from inspectloop.trainer.model import ModelSpec
+from inspectloop.trainer.service import TrainerService
+from inspectloop.trainer.settings import TrainerSection
+from inspectloop.trainer.snapshot import LabelledImage, LabelStore, build_snapshot
+from inspectloop.v1.monitor_pb2 import RetrainRequest
+
+
+def test_reference_replay_keeps_a_fixed_sample_of_training_images(tmp_path: Path) -> None:
+    reference = tmp_path / "reference"
+    write_dataset(DatasetSpec(n=60, seed=3, size=48, golden_per_class=0), reference)
+    blobs = FilesystemBlobStore(tmp_path / "blobs", 1 << 20)
+    classes = ModelSpec().classes
+
+    def snapshot(limit: int | None) -> tuple[str, Counter[str]]:
+        snap = build_snapshot(
+            tmp_path / "snapshots",
+            reference_datasets=[reference],
+            labelled=[],
+            blob_store=blobs,
+            classes=classes,
+            reference_train_limit=limit,
+        )
+        files = Counter(p.parts[-3] for p in snap.directory.glob("*/*/*.png"))
+        return snap.snapshot_id, files
+
+    full_id, full = snapshot(None)
+    limited_id, limited = snapshot(10)
+    assert full["train"] == 42 and limited["train"] == 10
+    assert limited["val"] == full["val"] > 0 and limited["test"] == full["test"] > 0
+    assert snapshot(10)[0] == limited_id != full_id  # the same sample every time
+
+
+def test_a_retrain_request_waits_for_the_labels_it_requires(tmp_path: Path) -> None:
+    labels = LabelStore(tmp_path / "labels.sqlite3")
+    service = TrainerService(
+        TrainerSection(work_dir=tmp_path / "trainer", label_wait_s=0.2),
+        bus=None,  # type: ignore[arg-type]  # not reached: the request is refused first
+        blob_store=None,  # type: ignore[arg-type]
+        registry=None,  # type: ignore[arg-type]
+        runner=None,  # type: ignore[arg-type]
+        labels=labels,
+    )
+    request = RetrainRequest(request_id="r-1", min_labelled_images=2)
+    request.scope.lines.append("line-1")
+    for k, line in enumerate(["line-1", "line-2"]):
+        labels.add(LabelledImage(f"{k:064x}", "good", line, "4711", "B", "operator:op"), 0.0)
+    with pytest.raises(
+        PermanentError, match="needs 2 operator-labelled images in scope; the trainer holds 1"
+    ):
+        service.wait_for_labels(request)
+    labels.add(LabelledImage(f"{9:064x}", "good", "line-1", "4711", "B", "operator:op"), 0.0)
+    service.wait_for_labels(request)  # returns: two in scope now
