@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Everything a fresh machine needs, idempotent: the Python environment and the real components
-# (Kafka's jars from Maven Central, Debian's Prometheus; Triton ships inside nvidia-pytriton).
+# (Kafka's jars from Maven Central, Debian's Prometheus, Helm through the Go module proxy;
+# Triton ships inside nvidia-pytriton).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,3 +18,17 @@ if ! command -v java >/dev/null || ! command -v mvn >/dev/null; then
 fi
 
 "$VENV/bin/inspectloop" harness fetch all
+
+# Helm (for the chart's checks in tests/integration/test_chart.py), built from source through the
+# Go module proxy into the cache directory, once.
+HELM_VERSION=v3.22.0
+PATH="$PATH:/usr/local/go/bin"
+HELM_BIN="${INSPECTLOOP_CACHE_DIR:-$HOME/.cache/inspectloop}/bin"
+if [ ! -x "$HELM_BIN/helm" ]; then
+  if ! command -v go >/dev/null; then
+    echo "setup: Go is needed to install helm $HELM_VERSION (go install)" >&2
+    exit 1
+  fi
+  mkdir -p "$HELM_BIN"
+  GOBIN="$HELM_BIN" go install "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+fi
