@@ -27,6 +27,11 @@ from inspectloop.core.topics import (
     INSPECTIONS,
 )
 from inspectloop.devtools.harness import KafkaBroker
+from inspectloop.devtools.inspected_streams import (
+    inspect,
+    render_stream,
+    train_design_a_model,
+)
 from inspectloop.monitor.metrics import MonitorMetrics
 from inspectloop.monitor.service import CONSUMED, GROUP, PRODUCED, MonitorService, StateStore
 from inspectloop.monitor.settings import MonitorSection
@@ -47,11 +52,6 @@ from inspectloop.v1.monitor_pb2 import (
     DriftAlert,
     LineModeChanged,
     RetrainRequest,
-)
-from tests.integration.monitor_streams import (
-    inspect,
-    render_stream,
-    train_design_a_model,
 )
 
 WARM_UP = MonitorSection().detectors.reference_size
@@ -305,7 +305,7 @@ def test_restart_mid_stream_keeps_state_and_raises_no_alarm(
         assert line.reference.reference_id == reference.reference_id  # no second warm-up
         assert line.reference.thresholds == reference.thresholds
         restarted.wait(lambda: restarted.seen() == len(design_a), 120, "the second half")
-        assert len(line.features) == MonitorSection().detectors.window
+        assert line.window is not None and len(line.window) == MonitorSection().detectors.window
         outputs.drain_until(lambda: True, 2, "")
         assert outputs.events == []
     finally:

@@ -108,10 +108,15 @@ def ks_distance(reference_sorted: Array, sample: Array) -> float:
     return float(np.abs(cdf_ref - cdf_s).max())
 
 
+def mean_shifts(window: Array, mean: Array, std: Array) -> Array:
+    """``|window mean - mean| / (std / sqrt(n))`` of each column."""
+    n = len(window)
+    return np.abs(np.asarray(window, dtype=np.float64).mean(0) - mean) / (std / math.sqrt(n))  # type: ignore[no-any-return]
+
+
 def max_mean_shift(window: Array, mean: Array, std: Array) -> tuple[float, int]:
     """Largest ``|window mean - mean| / (std / sqrt(n))`` over the columns, and its column."""
-    n = len(window)
-    z = np.abs(np.asarray(window, dtype=np.float64).mean(0) - mean) / (std / math.sqrt(n))
+    z = mean_shifts(window, mean, std)
     column = int(np.argmax(z))
     return float(z[column]), column
 

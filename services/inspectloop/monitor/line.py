@@ -24,9 +24,9 @@ from __future__ import annotations
 import base64
 import math
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from google.protobuf.message import Message
@@ -44,13 +44,12 @@ from inspectloop.monitor.detectors import (
     IMAGE_STATS,
     REJECT_RATE_CUSUM,
     Array,
-    ks_distance,
-    max_mean_shift,
     wilson_interval,
     z_for_confidence,
 )
 from inspectloop.monitor.reference import Reference, ReferenceSettings, WarmUp
 from inspectloop.monitor.settings import MonitorSection
+from inspectloop.monitor.window import DriftWindow
 from inspectloop.v1.common_pb2 import (
     DECISION_REJECT,
     LINE_MODE_AUTO,
@@ -144,8 +143,7 @@ class Episode:
     requested_at: float | None = None
 
 
-@dataclass(frozen=True)
-class Observation:
+class Observation(NamedTuple):
     """What the monitor keeps of one inspection in the quality window."""
 
     seq: int
@@ -170,7 +168,7 @@ class LineMonitor:
         det = settings.detectors
         self.reference_settings = ReferenceSettings(
             components=det.feature_components,
-            plan=_plan(settings),
+            plan=calibration_plan(settings),
             reject_rate_shift=det.reject_rate_shift,
             interval_z=z_for_confidence(settings.quality.confidence),
         )
@@ -183,10 +181,7 @@ class LineMonitor:
         self.unfit = ""  # why the stable model cannot be the line's reference, if it cannot
         self.seq = 0  # inspections of the line's stable model seen
         self.warm_up: list[tuple[Array, Array, float, bool]] = []
-        self.features: deque[Array] = deque(maxlen=det.window)
-        self.stats: deque[Array] = deque(maxlen=det.window)
-        self.confidences: deque[float] = deque(maxlen=det.window)
-        self.times: deque[float] = deque(maxlen=det.window)
+        self.window: DriftWindow | None = None  # exists once the reference does
         self.cusum = 0.0
         self.since_check = 0
         self.alarms: dict[str, Alarm] = {}
@@ -213,29 +208,24 @@ class LineMonitor:
             outputs += self._new_model(model, event_id, now)
         if self.model is None or not self._is_current(model):
             return outputs, False  # a canary's or an old version's decision: not this reference
-        features, stats = _observation_arrays(inspection)
+        features, stats = _observation(inspection)
         rejected = inspection.decision == DECISION_REJECT
         confidence = float(inspection.prediction.confidence)
         self.seq += 1
         self._remember(inspection, rejected)
         if inspection.image.uri:
             self.samples.append(inspection.image)
-        if self.reference is None:
+        if self.reference is None or self.window is None:
             self._check_dimension(features, self.warm_up[0][0] if self.warm_up else None)
-            self.warm_up.append((features, stats, confidence, rejected))
+            self.warm_up.append((np.array(features), np.array(stats), confidence, rejected))
             if len(self.warm_up) >= self.settings.detectors.reference_size:
                 outputs += self._build_reference(event_id, now)
             return outputs, True
         self._check_dimension(features, self.reference.feature_mean)
-        self.features.append(self.reference.project(features[None, :])[0])
-        self.stats.append(stats)
-        self.confidences.append(confidence)
-        self.times.append(_seconds(inspection.captured_at) or now)
+        self.window.append(features, stats, confidence, _seconds(inspection.captured_at) or now)
         self.cusum = self.reference.cusum.update(self.cusum, rejected)
         self.since_check += 1
-        if len(self.features) == self.features.maxlen and (
-            self.since_check >= self.settings.detectors.check_every
-        ):
+        if self.since_check >= self.settings.detectors.check_every and self.window.full:
             self.since_check = 0
             outputs += self._check(event_id, now)
         return outputs, True
@@ -297,10 +287,7 @@ class LineMonitor:
         self.reference = None
         self.unfit = ""
         self.warm_up = []
-        self.features.clear()
-        self.stats.clear()
-        self.confidences.clear()
-        self.times.clear()
+        self.window = None
         self.cusum = 0.0
         self.since_check = 0
         self.alarms = {}
@@ -332,6 +319,7 @@ class LineMonitor:
             self.reference_settings,
         )
         self.warm_up = []
+        self.window = DriftWindow(self.reference, self.settings.detectors.window)
         limit = self.settings.quality.max_reference_reject_rate
         if self.reference.reject_rate > limit:
             # Not a reference but a wrong model: manual until another model is stable, and the
@@ -354,18 +342,11 @@ class LineMonitor:
     # --- detectors -------------------------------------------------------------------------
 
     def _check(self, event_id: str, now: float) -> list[Output]:
-        ref = self.reference
-        assert ref is not None
-        window = np.stack(self.features)
-        stats = np.stack(self.stats)
-        shift, _ = max_mean_shift(stats, ref.stats_mean, ref.stats_std)
-        values = {
-            FEATURE_MMD: ref.mmd.mmd2(window),
-            IMAGE_STATS: shift,
-            CONFIDENCE_KS: ks_distance(ref.confidences_sorted, np.array(self.confidences)),
-            REJECT_RATE_CUSUM: self.cusum,
-        }
+        ref, window = self.reference, self.window
+        assert ref is not None and window is not None
+        values = {**window.statistics(), REJECT_RATE_CUSUM: self.cusum}
         self.last_statistics.update(values)
+        start, end = window.time_span()
         fired = []
         for detector, value in values.items():
             threshold = ref.thresholds[detector]
@@ -378,8 +359,8 @@ class LineMonitor:
                         value,
                         threshold,
                         self.seq,
-                        self.times[0],
-                        self.times[-1],
+                        start,
+                        end,
                     )
                     self.alarms[detector] = alarm
                     fired.append(alarm)
@@ -389,15 +370,13 @@ class LineMonitor:
                 alarm.below += 1
                 if alarm.below >= self.settings.detectors.clear_checks:
                     del self.alarms[detector]
-        nuisance = self._nuisance_explanation(stats)
+        nuisance = self._nuisance_explanation(window) if fired else ""
         return self._judge(fired, nuisance, event_id, now)
 
-    def _nuisance_explanation(self, stats: Array) -> str:
+    def _nuisance_explanation(self, window: DriftWindow) -> str:
         """Which image statistics moved beyond the threshold, largest shift first."""
-        ref = self.reference
-        assert ref is not None
-        means = stats.mean(0)
-        z = np.abs(means - ref.stats_mean) / (ref.stats_std / math.sqrt(len(stats)))
+        ref = window.reference
+        means, z = window.image_stat_means(), window.image_stat_shifts()
         moved = [int(c) for c in np.argsort(-z) if z[c] > ref.thresholds[IMAGE_STATS]]
         parts = [
             f"{IMAGE_STAT_NAMES[c]} {means[c] / ref.stats_mean[c] - 1:+.0%}"
@@ -559,7 +538,7 @@ class LineMonitor:
             detected_at=_timestamp(alarm.window_end),
         )
         alert.window.size = (
-            len(self.features) if alarm.detector not in _QUALITY else len(self.quality)
+            len(self.window or ()) if alarm.detector not in _QUALITY else len(self.quality)
         )
         alert.window.start.CopyFrom(_timestamp(alarm.window_start))
         alert.window.end.CopyFrom(_timestamp(alarm.window_end))
@@ -630,7 +609,7 @@ class LineMonitor:
         while len(self.quality) > self.settings.quality.window:
             self.quality.popitem(last=False)
 
-    def _check_dimension(self, features: Array, expected: Array | None) -> None:
+    def _check_dimension(self, features: Sequence[float], expected: Array | None) -> None:
         if expected is not None and len(features) != len(expected):
             assert self.model is not None
             raise PermanentError(
@@ -657,15 +636,12 @@ class LineMonitor:
             "unfit": self.unfit,
             "seq": self.seq,
             "warm_up": _encode_arrays(self.warm_up),
-            "features": [f.tolist() for f in self.features],
-            "stats": [s.tolist() for s in self.stats],
-            "confidences": list(self.confidences),
-            "times": list(self.times),
+            "window": None if self.window is None else self.window.to_state(),
             "cusum": self.cusum,
             "since_check": self.since_check,
             "alarms": [vars(a) for a in self.alarms.values()],
             "last_statistics": self.last_statistics,
-            "quality": [[k, *vars(o).values()] for k, o in self.quality.items()],
+            "quality": [[k, *o] for k, o in self.quality.items()],
             "episode": None
             if self.episode is None
             else {
@@ -689,10 +665,10 @@ class LineMonitor:
         m.unfit = state["unfit"]
         m.seq = state["seq"]
         m.warm_up = _decode_arrays(state["warm_up"])
-        m.features.extend(np.array(f) for f in state["features"])
-        m.stats.extend(np.array(s) for s in state["stats"])
-        m.confidences.extend(state["confidences"])
-        m.times.extend(state["times"])
+        if m.reference is not None and state["window"] is not None:
+            m.window = DriftWindow.from_state(
+                state["window"], m.reference, settings.detectors.window
+            )
         m.cusum = state["cusum"]
         m.since_check = state["since_check"]
         m.alarms = {a["detector"]: Alarm(**a) for a in state["alarms"]}
@@ -708,7 +684,7 @@ class LineMonitor:
         return m
 
 
-def _plan(settings: MonitorSection) -> CalibrationPlan:
+def calibration_plan(settings: MonitorSection) -> CalibrationPlan:
     det = settings.detectors
     return CalibrationPlan(
         ert=det.expected_run_time,
@@ -720,19 +696,21 @@ def _plan(settings: MonitorSection) -> CalibrationPlan:
     )
 
 
-def _observation_arrays(inspection: InspectionEvent) -> tuple[Array, Array]:
-    """The feature vector and image statistics of an inspection, or PermanentError."""
-    features = np.asarray(inspection.feature_vector, dtype=np.float64)
-    if features.size == 0:
+def _observation(inspection: InspectionEvent) -> tuple[list[float], tuple[float, ...]]:
+    """The feature vector and image statistics of an inspection, or PermanentError. Plain
+    Python values: the window converts them in batches, at its checks."""
+    features = list(inspection.feature_vector)
+    if not features:
         raise PermanentError(f"inspection {inspection.inspection_id} has no feature vector")
+    if not inspection.HasField("image_stats"):
+        raise PermanentError(f"inspection {inspection.inspection_id} has no image statistics")
     s = inspection.image_stats
-    stats = np.array([getattr(s, name) for name in IMAGE_STAT_NAMES], dtype=np.float64)
-    if not (np.isfinite(features).all() and np.isfinite(stats).all()):
+    stats = (s.brightness, s.contrast, s.sharpness, s.mean_r, s.mean_g, s.mean_b)
+    # One sum is finite exactly when every term is (an infinity or NaN propagates).
+    if not math.isfinite(sum(features) + sum(stats)):
         raise PermanentError(
             f"inspection {inspection.inspection_id} has a non-finite feature or image statistic"
         )
-    if not inspection.HasField("image_stats"):
-        raise PermanentError(f"inspection {inspection.inspection_id} has no image statistics")
     return features, stats
 
 
