@@ -89,7 +89,7 @@ def test_line_and_operators_drive_the_inspect_api_and_publish_true_feedback(tmp_
     bus.ensure_topics([INSPECTIONS, FEEDBACK, CHANGEOVERS])
     servicer = RuleServicer(lambda event: bus.publish(INSPECTIONS, event).result(10))
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    inspect_service_pb2_grpc.add_InspectServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+    inspect_service_pb2_grpc.add_InspectServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     truth = GroundTruthStore(tmp_path / "truth.sqlite3")

@@ -84,7 +84,7 @@ def trained() -> Trained:
         idx = torch.randint(0, len(y), (64,), generator=generator)
         loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
         optimizer.zero_grad()
-        loss.backward()  # type: ignore[no-untyped-call]
+        loss.backward()
         optimizer.step()
     model.eval()
     return Trained(model, images, labels)

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+import numpy.typing as npt
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from inspectloop.core.bus import EventBus
@@ -55,6 +56,43 @@ def line_distribution(state: LineConditions) -> ConditionsDistribution:
             nominal.blur_sigma[1] + state.blur_sigma,
         ),
     )
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One unit as the line's camera sees it, and the truth about it."""
+
+    image: npt.NDArray[np.uint8]
+    state: LineConditions
+    defect_class: str  # "good" when the unit is not defective
+    severity: float
+
+
+def render_unit(
+    scenario: Scenario, line_index: int, unit_index: int, t: float, size: int | None = None
+) -> Unit:
+    """The ``unit_index``-th unit of a line, at ``t`` seconds into the scenario. Deterministic:
+    its randomness comes from the scenario's seed and the unit's place, so any unit can be
+    rendered again, alone, in any process. ``size`` overrides the scenario's image size."""
+    spec = scenario.lines[line_index]
+    state = conditions_at(scenario, spec.id, t)
+    rng = np.random.default_rng(
+        np.random.SeedSequence(scenario.seed, spawn_key=(line_index, unit_index))
+    )
+    defective = rng.random() < scenario.defect_prevalence
+    defect = DEFECT_CLASSES[int(rng.integers(0, len(DEFECT_CLASSES)))] if defective else None
+    severity = float(rng.random()) if defective else 0.0
+    image, _ = render_label(
+        state.sku,
+        state.design,
+        state.serialization,
+        rng=rng,
+        defect=defect,
+        severity=severity,
+        distribution=line_distribution(state),
+        size=size or scenario.image_size,
+    )
+    return Unit(image, state, defect or "good", severity)
 
 
 @dataclass
@@ -97,11 +135,6 @@ class LineSimulator:
             uuid.uuid5(_NAMESPACE, f"{self.scenario.name}/{self.scenario.seed}/{line}/{index}")
         )
 
-    def _rng(self, line_index: int, unit_index: int) -> np.random.Generator:
-        return np.random.default_rng(
-            np.random.SeedSequence(self.scenario.seed, spawn_key=(line_index, unit_index))
-        )
-
     def run(self, stop: threading.Event | None = None, max_units: int | None = None) -> RunReport:
         """Run the scenario to its end (or ``stop``, or ``max_units`` units in all)."""
         stop = stop or threading.Event()
@@ -136,22 +169,9 @@ class LineSimulator:
 
     def _send_unit(self, line_index: int, unit_index: int, t: float) -> None:
         spec = self.scenario.lines[line_index]
-        state = conditions_at(self.scenario, spec.id, t)
-        rng = self._rng(line_index, unit_index)
-        defective = rng.random() < self.scenario.defect_prevalence
-        defect = DEFECT_CLASSES[int(rng.integers(0, len(DEFECT_CLASSES)))] if defective else None
-        severity = float(rng.random()) if defective else 0.0
-        image, _ = render_label(
-            state.sku,
-            state.design,
-            state.serialization,
-            rng=rng,
-            defect=defect,
-            severity=severity,
-            distribution=line_distribution(state),
-            size=self.scenario.image_size,
-        )
-        png = encode_png(image)
+        unit = render_unit(self.scenario, line_index, unit_index, t)
+        state = unit.state
+        png = encode_png(unit.image)
         request_id = self._request_id(spec.id, unit_index)
         self._truth.record(
             UnitTruth(
@@ -160,13 +180,13 @@ class LineSimulator:
                 sku=state.sku,
                 design=state.design,
                 serialization=state.serialization,
-                defect_class=defect or "good",
-                severity=severity,
+                defect_class=unit.defect_class,
+                severity=unit.severity,
                 image_sha256=hashlib.sha256(png).hexdigest(),
                 sent_at_s=t,
             )
         )
-        self.report.defects += int(defective)
+        self.report.defects += int(unit.defect_class != "good")
         self.report.by_line[spec.id] += 1
         if self._client is None:
             self.report.sent += 1
