@@ -8,7 +8,9 @@ The redesign scenario's data, built the way the trainer service builds it:
   the blob store and the trainer's label store as operator feedback would put them there;
 - defects synthesised on design B (``inspectloop.trainer.synthesis``), at every severity and
   at subtle ones, as the trainer's defaults do;
-- all three assembled into a content-addressed snapshot (``build_snapshot``).
+- all three assembled into a content-addressed snapshot (``build_snapshot``); the fine-tuning
+  sees the labelled and synthesised design B images twice per epoch (the trainer's
+  ``new_appearance_repeats``), with a batch of 32 per worker (the trainer's defaults).
 
 The parent model (design A only) is trained first with the plain loop; it is not part of the
 timed retraining. Then the same fine-tuning runs twice on the snapshot, with the same epochs,
@@ -23,7 +25,7 @@ Both models are judged on held-out design B and design A test images. Printed: t
 group) separately, and Ray Train's overhead: its training loop time (from the workers' first
 step to the last epoch's report, checkpoints included) against the plain loop's.
 
-    python benchmarks/train.py                # full scale (about 25 min on 2 cores)
+    python benchmarks/train.py                # full scale (about 35 min, the parent included)
     python benchmarks/train.py --scale 0.1    # a quick look (CI); accuracy goals not expected
 """
 
@@ -45,7 +47,13 @@ from inspectloop.trainer.data import Augment, ImageSet, InspectionDataset, load_
 from inspectloop.trainer.fit import Metrics, evaluate, fit
 from inspectloop.trainer.model import ModelSpec, build_model
 from inspectloop.trainer.ray_loop import TrainingConfig, run_training
-from inspectloop.trainer.snapshot import LabelledImage, LabelStore, build_snapshot
+from inspectloop.trainer.snapshot import (
+    LabelledImage,
+    LabelStore,
+    build_snapshot,
+    from_reference,
+    repeat_new_appearance,
+)
 from inspectloop.trainer.synthesis import synthesise_defects
 
 GOAL_ACCURACY = 0.997
@@ -73,7 +81,9 @@ class TrainBenchConfig:
     parent_lr: float = 4e-3
     epochs: int = 8  # fine-tuning, as the trainer's fine_tune_epochs
     lr: float = 2e-3
-    batch_size: int = 64  # per worker on Ray; the plain loop uses workers x this
+    parent_batch_size: int = 64
+    batch_size: int = 32  # per worker on Ray (the trainer's default); the plain loop: x workers
+    new_appearance_repeats: int = 2  # as the trainer's default
     workers: int = 2
 
     def scaled(self, factor: float) -> TrainBenchConfig:
@@ -216,11 +226,6 @@ def build_redesign_snapshot(
     return snapshot.directory, references, load_split(b_test, "test")
 
 
-def _from_reference(record: dict[str, object]) -> bool:
-    """Whether a snapshot image comes from the design A reference dataset."""
-    return str(record.get("source", "")).startswith("reference:")
-
-
 def train_parent(config: TrainBenchConfig, references: list[Path], out: Path) -> Path:
     """The design A model the retraining fine-tunes: trained with the plain loop on every
     training image of the reference datasets (not only the snapshot's replay sample), or
@@ -238,7 +243,7 @@ def train_parent(config: TrainBenchConfig, references: list[Path], out: Path) ->
         config.parent_epochs,
         config.parent_lr,
         config.seed,
-        batch_size=config.batch_size,
+        batch_size=config.parent_batch_size,
         evaluate_every=max(1, config.parent_epochs // 4),
     )
     torch.save(model.state_dict(), out)
@@ -282,6 +287,7 @@ def retrain_on_ray(
         run_name="bench-retrain",
         parent_weights=str(parent),
         progress_dir=str(progress),
+        new_appearance_repeats=config.new_appearance_repeats,
     )
     started = time.time()
     try:
@@ -310,7 +316,10 @@ def retrain_plain(
 ) -> RunTimes:
     spec = ModelSpec(input_size=config.size)
     train = InspectionDataset(
-        load_split(snapshot, "train"), spec.preprocess, Augment(), config.seed
+        repeat_new_appearance(load_split(snapshot, "train"), config.new_appearance_repeats),
+        spec.preprocess,
+        Augment(),
+        config.seed,
     )
     val = load_split(snapshot, "val")
     model = build_model(spec, seed=config.seed)
@@ -336,7 +345,7 @@ def main() -> None:
     )
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies dataset sizes")
     parser.add_argument("--epochs", type=int, help="fine-tuning epochs (default 8)")
-    parser.add_argument("--parent-epochs", type=int, help="parent epochs (default 24)")
+    parser.add_argument("--parent-epochs", type=int, help="parent epochs (default 12)")
     parser.add_argument("--keep", type=Path, help="work here and keep it")
     parser.add_argument(
         "--parent",
@@ -357,7 +366,7 @@ def main() -> None:
         t0 = time.time()
         snapshot, references, b_test = build_redesign_snapshot(config, work)
         tests = TestSets(
-            a=load_split(snapshot, "test").where(_from_reference),
+            a=load_split(snapshot, "test").where(from_reference),
             b=b_test,
         )
         data_s = time.time() - t0

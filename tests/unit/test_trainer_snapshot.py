@@ -1,4 +1,5 @@
-"""Dataset snapshots: the reference replay limit, and the labels a request requires."""
+"""Dataset snapshots: the reference replay limit, the weight of the new appearance, and the
+labels a request requires."""
 
 from __future__ import annotations
 
@@ -10,10 +11,17 @@ import pytest
 from inspectloop.core.blobstore import FilesystemBlobStore
 from inspectloop.core.errors import PermanentError
 from inspectloop.simulator.dataset import DatasetSpec, write_dataset
+from inspectloop.trainer.data import load_split
 from inspectloop.trainer.model import ModelSpec
 from inspectloop.trainer.service import TrainerService
 from inspectloop.trainer.settings import TrainerSection
-from inspectloop.trainer.snapshot import LabelledImage, LabelStore, build_snapshot
+from inspectloop.trainer.snapshot import (
+    LabelledImage,
+    LabelStore,
+    build_snapshot,
+    from_reference,
+    repeat_new_appearance,
+)
 from inspectloop.v1.monitor_pb2 import RetrainRequest
 
 
@@ -40,6 +48,30 @@ def test_reference_replay_keeps_a_fixed_sample_of_training_images(tmp_path: Path
     assert full["train"] == 42 and limited["train"] == 10
     assert limited["val"] == full["val"] > 0 and limited["test"] == full["test"] > 0
     assert snapshot(10)[0] == limited_id != full_id  # the same sample every time
+
+
+def test_the_new_appearance_is_repeated_and_the_reference_is_not(tmp_path: Path) -> None:
+    reference, synthetic = tmp_path / "reference", tmp_path / "synthetic"
+    write_dataset(DatasetSpec(n=40, seed=3, size=48, golden_per_class=0), reference)
+    write_dataset(DatasetSpec(design="B", n=30, seed=4, size=48, golden_per_class=0), synthetic)
+    snap = build_snapshot(
+        tmp_path / "snapshots",
+        reference_datasets=[reference],
+        synthetic_datasets=[synthetic],
+        labelled=[],
+        blob_store=FilesystemBlobStore(tmp_path / "blobs", 1 << 20),
+        classes=ModelSpec().classes,
+    )
+    train = load_split(snap.directory, "train")
+    old = sum(from_reference(r) for r in train.records)
+    new = len(train) - old
+    assert old > 0 and new > 0
+    tripled = repeat_new_appearance(train, 3)
+    assert sum(from_reference(r) for r in tripled.records) == old
+    assert len(tripled) == old + 3 * new
+    sources = Counter(r["source"] for r in tripled.records)
+    assert sources == {"reference:reference": old, "synthetic:synthetic": 3 * new}
+    assert repeat_new_appearance(train, 1) is train
 
 
 def test_a_retrain_request_waits_for_the_labels_it_requires(tmp_path: Path) -> None:

@@ -81,6 +81,9 @@ OUTPUT_PROBABILITIES = "probabilities"
 OUTPUT_FEATURES = "features"
 OUTPUT_LOGITS = "logits"
 OUTPUT_NAMES: tuple[str, ...] = (OUTPUT_PROBABILITIES, OUTPUT_FEATURES, OUTPUT_LOGITS)
+#: The ``config.pbtxt`` parameter listing the classes in output order (comma-separated), so
+#: that a client of Triton (the gateway) learns them from the served model's config.
+CLASSES_PARAMETER = "inspectloop_classes"
 DEFAULT_OPSET = 17
 DYNAMO_OPSET = 18
 ONNX_FILENAME = "model.onnx"
@@ -609,8 +612,10 @@ def triton_config(
     instances: int = 1,
     threads: int = 1,
     max_queue_delay_us: int = 500,
+    dynamic_batching: bool = True,
 ) -> str:
     """``config.pbtxt`` (protobuf text format of Triton's ``ModelConfig``) for ``backend``.
+    Without ``dynamic_batching`` every request runs alone (the batching benchmark's baseline).
 
     Dims exclude the batch dimension (``max_batch_size`` > 0). ``intra_op_thread_count`` is the
     ONNX Runtime backend's parameter; the Python backend's ``model.py`` reads the same key."""
@@ -625,8 +630,9 @@ def triton_config(
         raise ConfigError(f"unknown Triton backend {backend!r}")
     size = spec.input_size
     c, d = spec.num_classes, spec.embedding_dim
-    return textwrap.dedent(
-        f"""\
+    return (
+        textwrap.dedent(
+            f"""\
         # inspectloop model-repository entry (contract v{CONTRACT_VERSION}): uint8 RGB images
         # in, softmax probabilities over the classes, embedding and logits out.
         # Classes, in output order: {json.dumps(list(spec.classes))}
@@ -659,9 +665,7 @@ def triton_config(
             dims: [ {c} ]
           }}
         ]
-        dynamic_batching {{
-          max_queue_delay_microseconds: {max_queue_delay_us}
-        }}
+        {{batching}}
         instance_group [
           {{
             kind: KIND_CPU
@@ -676,8 +680,21 @@ def triton_config(
           key: "inter_op_thread_count"
           value: {{ string_value: "1" }}
         }}
+        parameters {{
+          key: "{CLASSES_PARAMETER}"
+          value: {{ string_value: "{{classes}}" }}
+        }}
         """
-    ).replace("{engine}", engine)
+        )
+        .replace("{engine}", engine)
+        .replace("{classes}", ",".join(spec.classes))
+        .replace(
+            "{batching}",
+            f"dynamic_batching {{ max_queue_delay_microseconds: {max_queue_delay_us} }}"
+            if dynamic_batching
+            else "# no dynamic batching: every request runs alone",
+        )
+    )
 
 
 TRITON_PYTHON_MODEL = '''\
@@ -752,7 +769,7 @@ def _write_triton_entry(
     spec: ModelSpec,
     *,
     backend: TritonBackend,
-    **config: int,
+    **config: Any,
 ) -> Path:
     _check_triton_names(model_name, version)
     model_dir = repo / model_name
@@ -774,7 +791,7 @@ def write_triton_onnx_entry(
     version: int,
     onnx_path: Path,
     spec: ModelSpec,
-    **config: int,
+    **config: Any,
 ) -> Path:
     """``<repo>/<model_name>/config.pbtxt`` for NVIDIA's ONNX Runtime backend and
     ``<version>/model.onnx``; returns the model directory. ``config`` goes to
@@ -790,7 +807,7 @@ def write_triton_python_entry(
     version: int,
     onnx_path: Path,
     spec: ModelSpec,
-    **config: int,
+    **config: Any,
 ) -> Path:
     """``<repo>/<model_name>/config.pbtxt`` for the Python backend, ``<version>/model.py``
     (onnxruntime over the file beside it) and ``<version>/model.onnx``; returns the model

@@ -24,6 +24,7 @@ import torch
 from inspectloop.trainer.data import Augment, InspectionDataset, load_split
 from inspectloop.trainer.fit import EpochRecord, TrainState, fit
 from inspectloop.trainer.model import InspectionCNN, ModelSpec, build_model
+from inspectloop.trainer.snapshot import repeat_new_appearance
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ class TrainingConfig:
     storage_path: str = ""
     run_name: str = "inspectloop-train"
     parent_weights: str | None = None  # a state_dict file to fine-tune from
+    new_appearance_repeats: int = 1  # see snapshot.repeat_new_appearance
     progress_dir: str | None = None  # workers write pid and progress files here (observability)
 
     def to_json(self) -> str:
@@ -97,7 +99,9 @@ def train_loop_per_worker(raw_config: dict[str, Any]) -> None:
     model = model.to(memory_format=torch.channels_last)
     model = ray.train.torch.prepare_model(model, move_to_device=config.use_gpu)
     train = InspectionDataset(
-        load_split(config.dataset_dir, "train", spec.classes),
+        repeat_new_appearance(
+            load_split(config.dataset_dir, "train", spec.classes), config.new_appearance_repeats
+        ),
         spec.preprocess,
         Augment(),
         config.seed,

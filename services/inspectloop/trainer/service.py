@@ -28,6 +28,7 @@ from inspectloop.core.bus import EventBus
 from inspectloop.core.bus.dedupe import derived_event_id
 from inspectloop.core.errors import BackendUnavailableError, PermanentError
 from inspectloop.core.events import Event
+from inspectloop.core.registry_client import RegistryClient
 from inspectloop.core.topics import MODELS
 from inspectloop.trainer.data import ImageSet, InspectionDataset, load_split
 from inspectloop.trainer.fit import Metrics, evaluate, predict
@@ -40,7 +41,6 @@ from inspectloop.trainer.gates import (
 from inspectloop.trainer.model import InspectionCNN, ModelSpec, build_model
 from inspectloop.trainer.packaging import ArtifactType, package_model, sha256_file
 from inspectloop.trainer.ray_loop import TrainingConfig
-from inspectloop.trainer.registry_client import RegistryClient
 from inspectloop.trainer.report import ReportInfo, select_worst_errors, write_report
 from inspectloop.trainer.runner import TrainingRunner
 from inspectloop.trainer.settings import TrainerSection
@@ -244,6 +244,7 @@ class TrainerService:
             storage_path=str(self._work / "runs"),
             run_name=run_name,
             parent_weights=str(parent_weights) if parent_weights else None,
+            new_appearance_repeats=settings.new_appearance_repeats if parent_weights else 1,
         )
         result = self._runner.run(config, self._work / "runs" / run_name)
         model = build_model(self.spec)

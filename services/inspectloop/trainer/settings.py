@@ -31,7 +31,12 @@ class TrainerSection(Section):
         default=8, ge=1, description="Epochs when fine-tuning from the parent model."
     )
     lr: float = Field(default=4e-3, gt=0, description="Peak learning rate (one-cycle).")
-    batch_size: int = Field(default=64, ge=1, description="Batch size per worker.")
+    batch_size: int = Field(
+        default=32,
+        ge=1,
+        description="Batch size per worker; the default gives two workers the batch of 64 the "
+        "training recipe was validated with.",
+    )
     seed: int = Field(default=7, description="Seed of initialisation, data order, augmentation.")
     width_multiplier: float = Field(default=1.0, description="Model width (channels) factor.")
     image_size: int = Field(default=128, description="Input side in pixels.")
@@ -61,6 +66,12 @@ class TrainerSection(Section):
         ge=0,
         description="Most reference training images in a snapshot (a fixed sample by content "
         "hash), so that fine-tuning time does not grow with the reference; 0 keeps them all.",
+    )
+    new_appearance_repeats: int = Field(
+        default=2,
+        ge=1,
+        description="Times each labelled or synthesised image (the new appearance) is seen per "
+        "fine-tuning epoch, against once for each replayed reference image.",
     )
     synthesis_defect_fraction: float = Field(
         default=0.8, ge=0, le=1, description="Share of the synthesised images that are defective."

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from inspectloop.core.blobstore import BlobStore
+from inspectloop.trainer.data import ImageSet
 from inspectloop.v1.feedback_pb2 import (
     FEEDBACK_VERDICT_CONFIRMED_DEFECT,
     FEEDBACK_VERDICT_ESCAPE_REPORTED,
@@ -138,6 +139,21 @@ def hash_split(sha256: str, fractions: Sequence[tuple[str, float]]) -> str:
     return fractions[-1][0]
 
 
+def from_reference(record: dict[str, Any]) -> bool:
+    """Whether a snapshot record is a reference dataset's image (the old appearance)."""
+    return str(record.get("source", "")).startswith("reference:")
+
+
+def repeat_new_appearance(train: ImageSet, repeats: int) -> ImageSet:
+    """``train`` with every image that is not from the reference datasets (operator-labelled
+    and synthesised images of the new appearance) ``repeats`` times: the fine-tuning weighs
+    the new appearance above the replayed old one, as the realism recipe does."""
+    if repeats <= 1:
+        return train
+    new = [i for i, r in enumerate(train.records) if not from_reference(r)]
+    return train.subset([*range(len(train)), *(new * (repeats - 1))])
+
+
 def _link(source: Path, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -152,7 +168,7 @@ def _limit_reference_train(
     train = sorted(
         (r["sha256"], i)
         for i, (_, r) in enumerate(sources)
-        if r["split"] == "train" and r["source"].startswith("reference:")
+        if r["split"] == "train" and from_reference(r)
     )
     dropped = {i for _, i in train[limit:]}
     return [s for i, s in enumerate(sources) if i not in dropped]

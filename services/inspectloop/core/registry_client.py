@@ -1,4 +1,4 @@
-"""The trainer's client of the registry's HTTP API: upload artifacts, register versions."""
+"""A client of the registry's HTTP API: artifacts up and down, versions registered and read."""
 
 from __future__ import annotations
 
