@@ -7,8 +7,8 @@ bash scripts/setup.sh
 VENV=${INSPECTLOOP_VENV:-.venv}
 export PATH="$PWD/$VENV/bin:$PATH"
 
-ruff check services tests benchmarks
-ruff format --check services tests benchmarks
+ruff check services tests benchmarks load-tests
+ruff format --check services tests benchmarks load-tests
 mypy
 inspectloop dev gen-proto --check
 pytest "$@"

@@ -75,6 +75,21 @@ def triton_server(
 
 
 @pytest.fixture(scope="session")
+def served_models(
+    triton_server: TritonServer,
+    triton_model_repository: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> str:
+    """The gateway's tiny test models (``inspectloop.devtools.tiny_models``) loaded on the
+    session's Triton; returns Triton's gRPC address."""
+    from inspectloop.devtools.tiny_models import NAME, write_models  # noqa: PLC0415
+
+    write_models(triton_model_repository, tmp_path_factory.mktemp("gateway-models"))
+    triton_server.load_model(NAME)
+    return triton_server.grpc_url
+
+
+@pytest.fixture(scope="session")
 def postgres_server(components_dir: Path) -> Iterator[PostgresServer]:
     """One PostgreSQL (Debian's package) for the session; ``create_database(name)`` returns a
     SQLAlchemy URL. Its cluster is deleted at the end of the session."""

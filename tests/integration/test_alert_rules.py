@@ -8,13 +8,9 @@ import subprocess
 from pathlib import Path
 
 import yaml
-from prometheus_client import CollectorRegistry
 
-from inspectloop.core.bus.metrics import BusMetrics
-from inspectloop.core.metrics import metric_names
 from inspectloop.devtools.harness.prometheus import ensure_installed
-from inspectloop.monitor.metrics import MonitorMetrics
-from inspectloop.registry.metrics import RegistryMetrics
+from tests.integration.exported_metrics import exported_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = sorted((ROOT / "charts/inspectloop/files/prometheus/rules").glob("*.yaml"))
@@ -24,13 +20,6 @@ METRIC = re.compile(r"\binspectloop_[a-z0-9_]+")
 
 def promtool() -> str:
     return str(Path(ensure_installed()).with_name("promtool"))
-
-
-def exported_metrics() -> set[str]:
-    registry = CollectorRegistry()
-    for metrics in (BusMetrics, MonitorMetrics, RegistryMetrics):
-        metrics(registry)
-    return metric_names(registry)
 
 
 def test_rule_files_pass_promtool_check_and_their_unit_tests() -> None:

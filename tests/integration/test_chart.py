@@ -30,17 +30,13 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-from prometheus_client import CollectorRegistry
 from pydantic_settings import BaseSettings
 
-from inspectloop.core.bus.metrics import BusMetrics
-from inspectloop.core.metrics import metric_names
 from inspectloop.core.settings import ENV_PREFIX, load_settings
-from inspectloop.monitor.metrics import MonitorMetrics
 from inspectloop.monitor.settings import MonitorSettings
-from inspectloop.registry.metrics import RegistryMetrics
 from inspectloop.registry.settings import RegistrySettings
 from inspectloop.trainer.settings import TrainerSettings
+from tests.integration.exported_metrics import exported_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts/inspectloop"
@@ -126,13 +122,6 @@ def of_kind(variant: str, kind: str) -> list[dict[str, Any]]:
 
 
 @functools.cache
-def exported_metrics() -> frozenset[str]:
-    registry = CollectorRegistry()
-    for metrics in (BusMetrics, MonitorMetrics, RegistryMetrics):
-        metrics(registry)
-    return frozenset(metric_names(registry))
-
-
 def dashboard_exprs(path: Path) -> list[str]:
     def panels(items: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         for item in items:

@@ -1,7 +1,8 @@
 """A RetrainRequest on the bus, end to end on real components: the trainer service trains on
 Ray Train with two workers, judges the gates, registers the version with its artifacts in the
-real registry service (over HTTP), announces it on the models topic, and the packaged version,
-loaded into the real Triton server, answers like the torch model."""
+real registry service (over HTTP), announces it on the models topic; routed to it, the gateway
+fetches its Triton entry from the registry, loads it into the real Triton server, and answers
+like the torch model."""
 
 from __future__ import annotations
 
@@ -13,34 +14,49 @@ import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 import torch
-import tritonclient.grpc as triton_grpc
 from prometheus_client import CollectorRegistry
 
 from inspectloop.core.blobstore import FilesystemBlobStore
 from inspectloop.core.bus import build_bus
 from inspectloop.core.events import Event
+from inspectloop.core.registry_client import RegistryClient
 from inspectloop.core.settings import BusSettings, LocalBusSettings
-from inspectloop.core.topics import FEEDBACK, MODELS, RETRAIN_REQUESTS
+from inspectloop.core.topics import (
+    FEEDBACK,
+    INSPECTIONS,
+    LINE_MODES,
+    MODELS,
+    RETRAIN_REQUESTS,
+    ROUTING,
+)
 from inspectloop.devtools.harness import TritonServer
 from inspectloop.devtools.harness.process import ManagedProcess, pick_free_port
+from inspectloop.gateway.metrics import GatewayMetrics
+from inspectloop.gateway.repository import RepositorySync
+from inspectloop.gateway.service import InspectionGateway
+from inspectloop.gateway.settings import GatewaySection, TritonSettings
+from inspectloop.gateway.triton import TritonModels
 from inspectloop.simulator.dataset import DatasetSpec, write_dataset
+from inspectloop.simulator.render import encode_png
 from inspectloop.trainer.data import load_split
 from inspectloop.trainer.gates import GateSettings
 from inspectloop.trainer.model import ModelSpec, build_model
-from inspectloop.trainer.packaging import reference_outputs
-from inspectloop.trainer.registry_client import RegistryClient
+from inspectloop.trainer.packaging import deterministic_tarball, reference_outputs, sha256_file
 from inspectloop.trainer.runner import LocalRayRunner
 from inspectloop.trainer.service import TrainerService
 from inspectloop.trainer.settings import TrainerSection
 from inspectloop.trainer.snapshot import LabelStore
-from inspectloop.v1.common_pb2 import Scope
+from inspectloop.v1.common_pb2 import MODEL_ROLE_STABLE, ModelRef, Scope
+from inspectloop.v1.inspect_service_pb2 import InspectRequest
 from inspectloop.v1.models_pb2 import MODEL_STAGE_REJECTED, MODEL_STAGE_VALIDATED, ModelVersion
 from inspectloop.v1.monitor_pb2 import RETRAIN_REASON_DRIFT, RetrainRequest
+from inspectloop.v1.rollout_pb2 import Routing
 
 pytestmark = pytest.mark.integration
 
@@ -189,39 +205,98 @@ def test_retrain_request_to_registered_version_served_by_triton(
         MODEL_STAGE_VALIDATED if result.stage == "validated" else MODEL_STAGE_REJECTED
     )
 
-    # The Triton entry the trainer packaged serves the same predictions as the torch model.
-    tarball = next(
-        a for a in record["artifacts"] if a["kind"] == "triton_repo" and "python" in a["filename"]
+    # The gateway follows routing to the new version: it fetches the version's Triton entry
+    # from the registry (hash verified), loads it, and answers like the torch model. A canary
+    # whose entry cannot load (a broken version 2) gets no traffic and is counted.
+    register_broken_version(registry, record, tmp_path)
+    gateway_metrics = GatewayMetrics(CollectorRegistry())
+    triton = TritonModels(TritonSettings(url=triton_server.grpc_url, readiness_ttl_s=0))
+    gateway = InspectionGateway(
+        GatewaySection(model_name="e2e-inspector"),
+        bus=bus,
+        blobs=FilesystemBlobStore(tmp_path / "gateway-blobs", 1 << 24),
+        triton=triton,
+        metrics=gateway_metrics,
+        sync=RepositorySync(
+            triton_model_repository, registry, triton, gateway_metrics, "triton-python.tar.gz"
+        ),
     )
-    archive = tmp_path / "triton.tar.gz"
-    archive.write_bytes(
-        httpx.get(
-            f"{registry_url}/v1/artifacts/{tarball['sha256']}",
-            headers={"Authorization": f"Bearer {TOKEN}"},
-        ).content
-    )
-    with tarfile.open(archive) as tar:
-        tar.extractall(triton_model_repository, filter="data")
-    spec = ModelSpec(input_size=SIZE, width_multiplier=0.5)
-    model = build_model(spec)
-    model.load_state_dict(torch.load(result.weights_path, weights_only=True))
-    model.eval()
-    images = load_split(reference, "test", spec.classes, cache=False).images[:6]
-    expected = reference_outputs(model, spec, images)
-    triton_server.load_model("e2e-inspector")
+    bus.ensure_topics([ROUTING, LINE_MODES, INSPECTIONS])
+    routing = Routing(line="line-1", generation=1, canary_weight_bps=5000)
+    routing.stable.CopyFrom(ModelRef(name="e2e-inspector", version="1"))
+    routing.canary.CopyFrom(ModelRef(name="e2e-inspector", version="2"))
+    bus.publish(ROUTING, routing).result(10)
+    gateway.follow()
+    failures = gateway_metrics.model_load_failures.labels(model="e2e-inspector", version="2")
     try:
-        client = triton_grpc.InferenceServerClient(url=triton_server.grpc_url)
-        request_input = triton_grpc.InferInput("images", list(images.shape), "UINT8")
-        request_input.set_data_from_numpy(images)
-        answer = client.infer(
-            "e2e-inspector",
-            [request_input],
-            outputs=[triton_grpc.InferRequestedOutput("probabilities")],
-        )
-        served = answer.as_numpy("probabilities")
-        assert np.allclose(served, expected["probabilities"], atol=1e-4)
+        deadline = time.monotonic() + 300
+        while failures._value.get() < 1 or not triton.ready("e2e-inspector", "1"):
+            assert time.monotonic() < deadline, "the gateway did not sync the routed versions"
+            time.sleep(0.1)
+        assert (triton_model_repository / "e2e-inspector" / "1" / "model.onnx").is_file()
+        assert not (triton_model_repository / "e2e-inspector" / "2").exists()
+        assert not triton.ready("e2e-inspector", "2")
+
+        spec = ModelSpec(input_size=SIZE, width_multiplier=0.5)
+        model = build_model(spec)
+        model.load_state_dict(torch.load(result.weights_path, weights_only=True))
+        model.eval()
+        images = load_split(reference, "test", spec.classes, cache=False).images[:6]
+        expected = reference_outputs(model, spec, images)
+        for i, image in enumerate(images):
+            png = encode_png(image)
+            answer = gateway.inspect(
+                InspectRequest(line="line-1", request_id=f"after-retrain-{i}", image=png)
+            )
+            assert (answer.model.version, answer.model.role) == ("1", MODEL_ROLE_STABLE)
+            served = np.array([s.score for s in answer.prediction.scores])
+            assert np.allclose(served, expected["probabilities"][i], atol=1e-4)
+            assert [s.class_name for s in answer.prediction.scores] == list(spec.classes)
     finally:
+        gateway.close()
         triton_server.unload_model("e2e-inspector")
         shutil.rmtree(triton_model_repository / "e2e-inspector", ignore_errors=True)
         registry.close()
         bus.close()
+
+
+def register_broken_version(
+    registry: RegistryClient, first: dict[str, Any], tmp_path: Path
+) -> None:
+    """Version 2 of the model: version 1's Triton entry with a model file Triton cannot load."""
+    tarball = next(
+        a for a in first["artifacts"] if a["kind"] == "triton_repo" and "python" in a["filename"]
+    )
+    unpacked = tmp_path / "broken"
+    archive = registry.download_artifact(tarball["sha256"], tmp_path / "v1.tar.gz")
+    with tarfile.open(archive) as tar:
+        tar.extractall(unpacked, filter="data")
+    model_dir = unpacked / "e2e-inspector"
+    (model_dir / "1").rename(model_dir / "2")
+    (model_dir / "2" / "model.onnx").write_bytes(b"this is not an ONNX model")
+    broken = deterministic_tarball(model_dir, tmp_path / "triton-python.tar.gz")
+    sha = sha256_file(broken)
+    registry.upload_artifact(broken, sha)
+    registry.register_version(
+        "e2e-inspector",
+        {
+            "stage": "candidate",
+            "artifacts": [
+                {
+                    "kind": "triton_repo",
+                    "sha256": sha,
+                    "size_bytes": broken.stat().st_size,
+                    "filename": "triton-python.tar.gz",
+                }
+            ],
+            "lineage": {
+                "parent_version": 1,
+                "dataset_snapshot_id": first["lineage"]["dataset_snapshot_id"],
+                "dataset_sha256": first["lineage"]["dataset_sha256"],
+                "code_version": "test",
+            },
+            "classes": first["classes"],
+            "input_width": SIZE,
+            "input_height": SIZE,
+        },
+    )

@@ -1,0 +1,245 @@
+"""The gateway as a Ray Serve application: HTTP (FastAPI, OpenAPI at ``/docs``) and the gRPC
+``Inspect`` service from ``proto/``, both in front of one ``InspectionGateway`` per replica.
+
+HTTP API:
+
+- ``POST /v1/inspect``: JSON, the ``InspectRequest`` fields with the image base64-encoded;
+- ``POST /v1/inspect/upload``: multipart form, the same fields and the image as a file;
+- ``GET /healthz``: 200 once the replica is up; ``GET /metrics``: the replica's Prometheus metrics.
+
+Errors: 400 (malformed request or image), 413 (image too large), 415 (not PNG or JPEG), 503
+(Triton or the routed model cannot answer), each with ``{"detail": reason}``. Over gRPC the same
+cases are INVALID_ARGUMENT, RESOURCE_EXHAUSTED and UNAVAILABLE with the reason as details.
+
+    python -m inspectloop.gateway.app    # serve until SIGTERM (INSPECTLOOP_* settings)
+
+No ``from __future__ import annotations`` here: Serve's ingress hands the endpoints to FastAPI
+from another namespace, where string annotations would not resolve and a JSON body would be
+taken for a query parameter.
+"""
+
+import asyncio
+import base64
+import binascii
+import logging
+from typing import Annotated, Any
+
+import grpc
+from fastapi import FastAPI, File, Form, HTTPException, Response, UploadFile
+from google.protobuf import json_format
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from pydantic import BaseModel, Field
+from ray import serve
+from ray.serve.grpc_util import RayServegRPCContext
+
+from inspectloop.core.errors import BackendUnavailableError, PermanentError
+from inspectloop.gateway.images import InvalidImageError
+from inspectloop.gateway.settings import GatewaySettings
+from inspectloop.v1.inspect_service_pb2 import InspectRequest, InspectResponse
+
+log = logging.getLogger(__name__)
+
+GRPC_SERVICER = "inspectloop.v1.inspect_service_pb2_grpc.add_InspectServicer_to_server"
+APPLICATION = "gateway"
+
+api = FastAPI(
+    title="inspectloop gateway",
+    description="Inspect one image from a line camera: decision, scores, model version and "
+    "whether an operator must review the part.",
+    version="1",
+)
+
+
+class InspectBody(BaseModel):
+    """An inspect request as JSON."""
+
+    line: str = Field(description="Line id, e.g. line-1.")
+    station: str = ""
+    camera: str = ""
+    sku: str = ""
+    label_design: str = Field(default="", description="Label design, if the line PC knows it.")
+    request_id: str = Field(
+        default="", description="Idempotency key: a retry with the same id is the same inspection."
+    )
+    content_type: str = Field(default="", description="image/png or image/jpeg.")
+    image_base64: str = Field(description="The encoded image, base64.")
+
+
+def _status(exc: Exception) -> int:
+    if isinstance(exc, InvalidImageError):
+        return exc.status
+    if isinstance(exc, BackendUnavailableError):
+        return 503
+    return 400
+
+
+def _answer(response: InspectResponse) -> dict[str, Any]:
+    return json_format.MessageToDict(response, preserving_proto_field_name=True)
+
+
+@serve.deployment(name="gateway", max_ongoing_requests=32)
+@serve.ingress(api)
+class GatewayDeployment:
+    def __init__(self, settings: GatewaySettings) -> None:
+        from inspectloop.core.blobstore import build_blob_store  # noqa: PLC0415
+        from inspectloop.core.bus import build_bus  # noqa: PLC0415
+        from inspectloop.core.logging import configure_logging  # noqa: PLC0415
+        from inspectloop.core.registry_client import RegistryClient  # noqa: PLC0415
+        from inspectloop.gateway.metrics import GatewayMetrics  # noqa: PLC0415
+        from inspectloop.gateway.repository import RepositorySync  # noqa: PLC0415
+        from inspectloop.gateway.service import (  # noqa: PLC0415
+            FOLLOWED,
+            PRODUCED,
+            InspectionGateway,
+        )
+        from inspectloop.gateway.triton import TritonModels  # noqa: PLC0415
+
+        configure_logging(settings.logging, settings.service)
+        self.registry = CollectorRegistry()
+        bus = build_bus(settings.bus, settings.service, self.registry)
+        bus.ensure_topics([*FOLLOWED, *PRODUCED])
+        triton = TritonModels(settings.gateway.triton)
+        metrics = GatewayMetrics(self.registry)
+        sync = None
+        models = settings.gateway.models
+        if models.repository is not None:
+            token = models.registry_token
+            sync = RepositorySync(
+                models.repository,
+                RegistryClient(models.registry_url, token.get_secret_value() if token else None),
+                triton,
+                metrics,
+                models.artifact_filename,
+            )
+        self.gateway = InspectionGateway(
+            settings.gateway,
+            bus=bus,
+            blobs=build_blob_store(settings.blob_store),
+            triton=triton,
+            metrics=metrics,
+            sync=sync,
+        )
+        self.gateway.follow()
+
+    def _inspect(self, request: InspectRequest) -> InspectResponse:
+        try:
+            return self.gateway.inspect(request)
+        except (PermanentError, BackendUnavailableError) as exc:
+            raise HTTPException(status_code=_status(exc), detail=str(exc)) from None
+
+    @api.post("/v1/inspect")
+    def inspect_json(self, body: InspectBody) -> dict[str, Any]:
+        try:
+            image = base64.b64decode(body.image_base64, validate=True)
+        except binascii.Error:
+            raise HTTPException(400, detail="image_base64 is not valid base64") from None
+        fields = body.model_dump(exclude={"image_base64"})
+        return _answer(self._inspect(InspectRequest(image=image, **fields)))
+
+    @api.post("/v1/inspect/upload")
+    def inspect_upload(
+        self,
+        *,
+        image: Annotated[UploadFile, File(description="The encoded image (PNG or JPEG).")],
+        line: Annotated[str, Form()],
+        station: Annotated[str, Form()] = "",
+        camera: Annotated[str, Form()] = "",
+        sku: Annotated[str, Form()] = "",
+        label_design: Annotated[str, Form()] = "",
+        request_id: Annotated[str, Form()] = "",
+    ) -> dict[str, Any]:
+        data = image.file.read(self.gateway.settings.images.max_bytes + 1)
+        request = InspectRequest(
+            line=line,
+            station=station,
+            camera=camera,
+            sku=sku,
+            label_design=label_design,
+            request_id=request_id,
+            image=data,
+            content_type=image.content_type or "",
+        )
+        return _answer(self._inspect(request))
+
+    @api.get("/healthz")
+    def healthz(self) -> dict[str, str]:
+        return {"status": "ok"}
+
+    @api.get("/metrics")
+    def metrics(self) -> Response:
+        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def Inspect(  # noqa: N802 - the gRPC method's name
+        self, request: InspectRequest, grpc_context: RayServegRPCContext
+    ) -> InspectResponse:
+        try:
+            # In a thread, as FastAPI runs the HTTP endpoints: the replica's event loop must
+            # stay free for the other requests while this one waits on Triton.
+            return await asyncio.to_thread(self.gateway.inspect, request)
+        except (PermanentError, BackendUnavailableError) as exc:
+            status = _status(exc)
+            grpc_context.set_code(
+                grpc.StatusCode.UNAVAILABLE
+                if status == 503
+                else grpc.StatusCode.RESOURCE_EXHAUSTED
+                if status == 413
+                else grpc.StatusCode.INVALID_ARGUMENT
+            )
+            grpc_context.set_details(str(exc))
+            return InspectResponse()
+
+    def __del__(self) -> None:
+        gateway = getattr(self, "gateway", None)
+        if gateway is not None:
+            gateway.close()
+
+
+def start(settings: GatewaySettings) -> None:
+    """Start Serve's proxies on the gateway's ports and deploy the gateway application."""
+    from ray.serve.config import HTTPOptions, gRPCOptions  # noqa: PLC0415
+
+    section = settings.gateway
+    serve.start(
+        http_options=HTTPOptions(host=section.http_host, port=section.http_port),
+        grpc_options=gRPCOptions(
+            port=section.grpc_port,
+            grpc_servicer_functions=[GRPC_SERVICER] if section.grpc_port else [],
+        ),
+    )
+    deployment: Any = GatewayDeployment  # a serve.Deployment once decorated
+    # The settings object itself travels to the replicas (pickled by Ray): a JSON round trip
+    # would mask its secrets.
+    app = deployment.options(num_replicas=section.replicas).bind(settings)
+    serve.run(app, name=APPLICATION, route_prefix="/")
+
+
+def main() -> None:
+    """``python -m inspectloop.gateway.app``: serve on a local Ray until SIGTERM."""
+    import signal  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+
+    import ray  # noqa: PLC0415
+
+    from inspectloop.core.logging import configure_logging  # noqa: PLC0415
+    from inspectloop.core.settings import load_settings  # noqa: PLC0415
+
+    settings = load_settings(GatewaySettings, service="gateway")
+    configure_logging(settings.logging, settings.service)
+    ray.init(include_dashboard=False)
+    start(settings)
+    log.info(
+        "gateway ready: http %s:%d, grpc %d",
+        settings.gateway.http_host,
+        settings.gateway.http_port,
+        settings.gateway.grpc_port,
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop.wait()
+    serve.shutdown()  # type: ignore[no-untyped-call]
+    ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()

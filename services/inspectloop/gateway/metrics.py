@@ -1,0 +1,74 @@
+"""The gateway's Prometheus metrics (``inspectloop_gateway_*``) on the injected registry."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry
+
+from inspectloop.core.metrics import ServiceMetrics
+
+# Inspections take milliseconds: finer buckets than the default seconds scale.
+LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+class GatewayMetrics:
+    """Every metric the gateway exports; created once per CollectorRegistry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        metrics = ServiceMetrics("gateway", registry)
+        self.requests = metrics.counter(
+            "inspect",
+            "requests",
+            "Inspections answered, by line, decision, deciding model, version and role.",
+            ["line", "decision", "model", "version", "role"],
+        )
+        self.latency = metrics.histogram(
+            "request_duration",
+            "seconds",
+            "Time from an inspect request received to its answer.",
+            ["line"],
+            buckets=LATENCY_BUCKETS,
+        )
+        self.infer_latency = metrics.histogram(
+            "infer_duration",
+            "seconds",
+            "Time of one Triton inference call, by model, version and role.",
+            ["model", "version", "role"],
+            buckets=LATENCY_BUCKETS,
+        )
+        self.reviews = metrics.counter(
+            "human_review",
+            "reviews",
+            "Inspections flagged for human review, by line and reason.",
+            ["line", "reason"],
+        )
+        self.errors = metrics.counter(
+            "errors",
+            "errors",
+            "Requests that failed, by kind (invalid_image, invalid_request, unavailable, "
+            "internal) and line.",
+            ["kind", "line"],
+        )
+        self.shadow_errors = metrics.counter(
+            "shadow_failures",
+            "errors",
+            "Shadow inferences that failed (never affecting a decision), by model and version.",
+            ["model", "version"],
+        )
+        self.model_ready = metrics.gauge(
+            "model_ready",
+            "info",
+            "1 when Triton serves a routed model version, 0 when it cannot (it gets no traffic).",
+            ["model", "version"],
+        )
+        self.model_load_failures = metrics.counter(
+            "model_load_failures",
+            "errors",
+            "Model versions Triton failed to load; the serving versions are left untouched.",
+            ["model", "version"],
+        )
+        self.routing_generation = metrics.gauge(
+            "routing_generation",
+            "info",
+            "Generation of the routing applied per line.",
+            ["line"],
+        )

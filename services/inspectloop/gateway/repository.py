@@ -1,0 +1,105 @@
+"""Keeping Triton's model repository in step with routing, from the registry's artifacts.
+
+When routing names a version the repository does not hold, the gateway fetches the version's
+Triton repository tarball from the registry (``triton_repo`` artifact of the configured backend),
+checks its SHA-256 against the registry's record, unpacks only that model's version directory
+and config into the repository, and asks Triton to load the model through its model-control
+API. A version that fails to fetch, verify or load is removed again, so that the repository
+only holds versions Triton can serve; the versions already serving are untouched (Triton keeps
+them when a reload fails), the failure is counted in ``model_load_failures_errors_total`` (an
+alert rule watches it), and the version gets no traffic because it is not ready. It is not
+retried until the gateway restarts or its routing changes.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tarfile
+import tempfile
+import threading
+from pathlib import Path, PurePosixPath
+
+from inspectloop.core.errors import InspectloopError, PermanentError
+from inspectloop.core.registry_client import RegistryClient
+from inspectloop.gateway.metrics import GatewayMetrics
+from inspectloop.gateway.triton import TritonModels
+from inspectloop.trainer.packaging import sha256_file
+
+log = logging.getLogger(__name__)
+
+CONFIG = "config.pbtxt"
+
+
+class RepositorySync:
+    def __init__(
+        self,
+        repository: Path,
+        registry: RegistryClient,
+        triton: TritonModels,
+        metrics: GatewayMetrics,
+        artifact_filename: str,
+    ) -> None:
+        self.repository = repository
+        self.registry = registry
+        self.triton = triton
+        self.metrics = metrics
+        self.artifact_filename = artifact_filename  # e.g. triton-python.tar.gz
+        self.failed: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
+
+    def ensure(self, models: set[tuple[str, str]]) -> None:
+        """Fetch and load every (model, version) the repository lacks; failures are counted."""
+        with self._lock:
+            for name, version in sorted(models):
+                if (self.repository / name / version).is_dir() or (name, version) in self.failed:
+                    continue
+                config = self.repository / name / CONFIG
+                previous = config.read_bytes() if config.is_file() else None
+                try:
+                    self._install(name, version)
+                    self.triton.load(name)
+                    log.info("model %s v%s loaded on Triton from the registry", name, version)
+                except InspectloopError as exc:
+                    self.failed.add((name, version))
+                    self.metrics.model_load_failures.labels(model=name, version=version).inc()
+                    log.error("model %s v%s not served: %s", name, version, exc)
+                    shutil.rmtree(self.repository / name / version, ignore_errors=True)
+                    if previous is not None:  # the serving versions' config, as it was
+                        config.write_bytes(previous)
+
+    def _install(self, name: str, version: str) -> None:
+        record = self.registry.version(name, int(version))
+        artifact = next(
+            (
+                a
+                for a in record.get("artifacts", [])
+                if a.get("kind") == "triton_repo" and a.get("filename") == self.artifact_filename
+            ),
+            None,
+        )
+        if artifact is None:
+            raise PermanentError(
+                f"the registry has no {self.artifact_filename} artifact for {name} v{version}"
+            )
+        with tempfile.TemporaryDirectory(dir=self.repository) as tmp:
+            archive = self.registry.download_artifact(artifact["sha256"], Path(tmp) / "repo.tgz")
+            if sha256_file(archive) != artifact["sha256"]:
+                raise PermanentError(
+                    f"artifact of {name} v{version} does not match its SHA-256 "
+                    f"{artifact['sha256']}: refused"
+                )
+            unpacked = Path(tmp) / "unpacked"
+            with tarfile.open(archive) as tar:
+                for member in tar.getmembers():
+                    parts = PurePosixPath(member.name).parts
+                    if not parts or parts[0] != name:
+                        raise PermanentError(f"artifact of {name} v{version}: stray {member.name}")
+                tar.extractall(unpacked, filter="data")  # no links out, no absolute paths
+            source = unpacked / name / version
+            if not (source.is_dir() and (unpacked / name / CONFIG).is_file()):
+                raise PermanentError(f"artifact of {name} v{version} has no version {version}")
+            target = self.repository / name
+            target.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(unpacked / name / CONFIG, target / CONFIG)
+            source.rename(target / version)

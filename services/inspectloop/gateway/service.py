@@ -1,0 +1,272 @@
+"""The inspection gateway's core: one request in, one decision out, one InspectionEvent on
+the bus. The HTTP and gRPC front ends (``app``) only translate to and from ``InspectRequest``.
+
+Per request: route (stable or canary by a hash of the request id, shadows alongside; see
+``routing``), decode and validate the image at the routed model's input size, score it on Triton,
+decide under the line's mode (``decision``), store the encoded image in the blob store under its
+SHA-256, publish the InspectionEvent (its id derived from the line and request id, so that a
+retried request is the same inspection to every consumer) and answer. Shadows score the same
+image after the decision; their results go into the event and never into the answer.
+
+Routing and line modes are followed from their topics by a consumer of its own per process
+(a fresh consumer group, read from the start): the gateway keeps nothing durable, and a
+restarted replica rebuilds both tables from the topics' history.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from inspectloop.core.blobstore import BlobStore
+from inspectloop.core.bus import EventBus
+from inspectloop.core.bus.base import Consumer
+from inspectloop.core.errors import BackendUnavailableError, PermanentError
+from inspectloop.core.events import Event
+from inspectloop.core.imagestats import image_stats
+from inspectloop.core.topics import INSPECTIONS, LINE_MODES, ROUTING
+from inspectloop.gateway.decision import LineModes, decision_of, prediction, review
+from inspectloop.gateway.images import InvalidImageError, decode_image
+from inspectloop.gateway.metrics import GatewayMetrics
+from inspectloop.gateway.repository import RepositorySync
+from inspectloop.gateway.routing import Route, RoutingTable
+from inspectloop.gateway.settings import GatewaySection
+from inspectloop.gateway.triton import TritonModels
+from inspectloop.v1.common_pb2 import (
+    ImageRef,
+    ModelRef,
+    ModelRole,
+    ReviewReason,
+)
+from inspectloop.v1.inspect_service_pb2 import InspectRequest, InspectResponse
+from inspectloop.v1.inspection_pb2 import InspectionEvent, ShadowResult
+from inspectloop.v1.monitor_pb2 import LineModeChanged
+from inspectloop.v1.rollout_pb2 import Routing
+
+log = logging.getLogger(__name__)
+
+FOLLOWED = (ROUTING, LINE_MODES)
+PRODUCED = (INSPECTIONS,)
+_NAMESPACE = uuid.UUID("0d5f2b8e-8c1e-4c4b-9a57-6f0f3c1e2a90")
+
+
+class InvalidRequestError(PermanentError):
+    """The request itself is incomplete (no line, no image); answered with 400."""
+
+
+def inspection_id(line: str, request_id: str) -> str:
+    """The id of a line's request's inspection: the same for every retry of the request."""
+    return str(uuid.uuid5(_NAMESPACE, f"{line}/{request_id}"))
+
+
+def _role(role: ModelRole) -> str:
+    return ModelRole.Name(role).removeprefix("MODEL_ROLE_").lower()
+
+
+class InspectionGateway:
+    def __init__(
+        self,
+        settings: GatewaySection,
+        *,
+        bus: EventBus,
+        blobs: BlobStore,
+        triton: TritonModels,
+        metrics: GatewayMetrics,
+        sync: RepositorySync | None = None,
+    ) -> None:
+        self.settings = settings
+        self.bus = bus
+        self.blobs = blobs
+        self.triton = triton
+        self.metrics = metrics
+        self.sync = sync
+        self.routing = RoutingTable(settings.model_name, settings.default_version)
+        self.modes = LineModes()
+        self._consumer: Consumer | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # --- following routing and line modes ----------------------------------------------------
+
+    def on_event(self, event: Event[Any]) -> None:
+        """Apply a Routing or LineModeChanged event (the follower's handler)."""
+        message = event.message
+        if isinstance(message, Routing):
+            try:
+                applied = self.routing.apply(message)
+            except ValueError as exc:
+                raise PermanentError(f"routing {event.envelope.event_id}: {exc}") from None
+            if applied:
+                self.metrics.routing_generation.labels(line=message.line).set(message.generation)
+                if self.sync is not None:
+                    self.sync.ensure(self.routing.models())
+                for name, version in self.routing.models():
+                    ready = self.triton.ready(name, version)
+                    self.metrics.model_ready.labels(model=name, version=version).set(int(ready))
+                    if not ready:
+                        log.warning("routed model %s v%s is not ready on Triton", name, version)
+                log.info("line %s routing generation %d", message.line, message.generation)
+        elif isinstance(message, LineModeChanged):
+            try:
+                applied = self.modes.apply(message)
+            except ValueError as exc:
+                raise PermanentError(str(exc)) from None
+            if applied:
+                log.info("line %s mode %d: %s", message.line, message.new_mode, message.reason)
+
+    def follow(self) -> None:
+        """Start following the routing and line-mode topics on a background thread."""
+        group = f"gateway-{uuid.uuid4()}"
+        self._consumer = self.bus.consumer(group, FOLLOWED, self.on_event)
+        self._thread = threading.Thread(
+            target=self._consumer.run, args=(self._stop,), name="gateway-follower", daemon=True
+        )
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        if self._consumer is not None:
+            self._consumer.close()
+        self.bus.flush(10)
+
+    # --- inspecting ----------------------------------------------------------------------------
+
+    def inspect(self, request: InspectRequest) -> InspectResponse:
+        """Answer one request; raises InvalidImageError / InvalidRequestError (4xx) or
+        BackendUnavailableError (503), having published nothing."""
+        started = time.perf_counter()
+        line = request.line
+        try:
+            response = self._inspect(request, started)
+        except PermanentError as exc:
+            kind = "invalid_image" if isinstance(exc, InvalidImageError) else "invalid_request"
+            self.metrics.errors.labels(kind=kind, line=line or "unknown").inc()
+            raise
+        except BackendUnavailableError:
+            self.metrics.errors.labels(kind="unavailable", line=line or "unknown").inc()
+            raise
+        return response
+
+    def _inspect(self, request: InspectRequest, started: float) -> InspectResponse:
+        if not request.line:
+            raise InvalidRequestError("the request names no line")
+        request_id = request.request_id or str(uuid.uuid4())
+        route = self.routing.route(request.line, request_id, self.triton.ready)
+        decider = route.decider
+        served = self.triton.served(decider.name)
+        image = decode_image(
+            request.image, request.content_type, self.settings.images, served.input_size
+        )
+        batch = image.pixels[None]
+        scores = self.triton.infer(decider.name, decider.version, batch)[0]
+        self._observe_infer(decider, scores.seconds)
+        pred = prediction(scores.probabilities, served.classes)
+        decision = decision_of(pred)
+        mode = self.modes.mode(request.line)
+        verdict = review(mode, decision, pred.confidence, self.settings.decision)
+        blob = self.blobs.put(request.image, image.content_type)
+        now = Timestamp()
+        now.GetCurrentTime()
+        event = InspectionEvent(
+            inspection_id=inspection_id(request.line, request_id),
+            request_id=request_id,
+            line=request.line,
+            station=request.station,
+            camera=request.camera,
+            sku=request.sku,
+            label_design=request.label_design,
+            image=ImageRef(
+                uri=blob.uri,
+                sha256=blob.sha256,
+                size_bytes=len(request.image),
+                width=image.width,
+                height=image.height,
+                content_type=image.content_type,
+            ),
+            model=decider,
+            prediction=pred,
+            decision=decision,
+            human_review_required=verdict.required,
+            review_reason=verdict.reason,
+            review_detail=verdict.detail,
+            line_mode=mode,
+            feature_vector=scores.features.tolist(),
+            image_stats=image_stats(image.pixels),
+            inference_latency_ms=scores.seconds * 1000,
+            captured_at=request.captured_at if request.HasField("captured_at") else now,
+            decided_at=now,
+            review_threshold=verdict.threshold,
+            routing_generation=route.generation,
+        )
+        event.shadow_results.extend(self._shadows(route, batch, served.classes))
+        latency = time.perf_counter() - started
+        event.latency_ms = latency * 1000
+        self.bus.publish(INSPECTIONS, event, event_id=event.inspection_id)
+        self._count(event, latency)
+        return InspectResponse(
+            decision=decision,
+            prediction=pred,
+            model=decider,
+            human_review_required=verdict.required,
+            review_reason=verdict.reason,
+            review_detail=verdict.detail,
+            inspection_id=event.inspection_id,
+            latency_ms=event.latency_ms,
+            line_mode=mode,
+        )
+
+    def _shadows(
+        self, route: Route, batch: npt.NDArray[np.uint8], classes: tuple[str, ...]
+    ) -> list[ShadowResult]:
+        results = []
+        for shadow in route.shadows:
+            try:
+                served = self.triton.served(shadow.name)
+                if served.classes != classes or served.input_size != batch.shape[1]:
+                    raise BackendUnavailableError(
+                        f"shadow {shadow.name} takes other inputs or classes than the decider"
+                    )
+                scores = self.triton.infer(shadow.name, shadow.version, batch)[0]
+            except BackendUnavailableError as exc:
+                self.metrics.shadow_errors.labels(model=shadow.name, version=shadow.version).inc()
+                log.warning("shadow %s v%s: %s", shadow.name, shadow.version, exc)
+                continue
+            self._observe_infer(shadow, scores.seconds)
+            pred = prediction(scores.probabilities, classes)
+            results.append(
+                ShadowResult(
+                    model=shadow,
+                    prediction=pred,
+                    would_decide=decision_of(pred),
+                    latency_ms=scores.seconds * 1000,
+                )
+            )
+        return results
+
+    def _observe_infer(self, model: ModelRef, seconds: float) -> None:
+        self.metrics.infer_latency.labels(
+            model=model.name, version=model.version, role=_role(model.role)
+        ).observe(seconds)
+
+    def _count(self, event: InspectionEvent, latency: float) -> None:
+        m = self.metrics
+        m.requests.labels(
+            line=event.line,
+            decision="pass" if event.decision == 1 else "reject",
+            model=event.model.name,
+            version=event.model.version,
+            role=_role(event.model.role),
+        ).inc()
+        m.latency.labels(line=event.line).observe(latency)
+        if event.human_review_required:
+            reason = ReviewReason.Name(event.review_reason).removeprefix("REVIEW_REASON_").lower()
+            m.reviews.labels(line=event.line, reason=reason).inc()

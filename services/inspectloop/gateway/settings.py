@@ -1,0 +1,110 @@
+"""Settings of the inspection gateway."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, model_validator
+
+from inspectloop.core.settings import CommonSettings, Section
+
+
+class ImageLimits(Section):
+    max_bytes: int = Field(
+        default=8 * 1024 * 1024, gt=0, description="Largest encoded image accepted, in bytes."
+    )
+    min_side: int = Field(default=32, ge=1, description="Smallest width or height, in pixels.")
+    max_side: int = Field(default=4096, ge=1, description="Largest width or height, in pixels.")
+    max_aspect_ratio: float = Field(
+        default=4.0,
+        ge=1,
+        description="Largest ratio of the longer side to the shorter; a label image is close to "
+        "square, a strip is a camera or cropping fault.",
+    )
+
+
+class DecisionSettings(Section):
+    review_threshold: float = Field(
+        default=0.9,
+        gt=0,
+        le=1,
+        description="In guarded mode, a pass with a confidence below this goes to human review.",
+    )
+    low_confidence_threshold: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="In every mode, a decision with a confidence below this goes to human "
+        "review (0 disables it).",
+    )
+
+
+class TritonSettings(Section):
+    url: str = Field(default="127.0.0.1:8001", description="Triton's gRPC address (host:port).")
+    timeout_s: float = Field(default=5.0, gt=0, description="Deadline of one inference call.")
+    readiness_ttl_s: float = Field(
+        default=2.0,
+        ge=0,
+        description="How long a model version's readiness answer is trusted before asking "
+        "Triton again.",
+    )
+
+
+class ModelSyncSettings(Section):
+    repository: Path | None = Field(
+        default=None,
+        description="Triton's model repository, shared with the gateway: routed versions it "
+        "lacks are fetched from the registry into it and loaded. None: the repository is "
+        "managed elsewhere and the gateway only checks readiness.",
+    )
+    registry_url: str = Field(
+        default="http://127.0.0.1:8600", description="Base URL of the model registry."
+    )
+    registry_token: SecretStr | None = Field(
+        default=None, description="API token of the gateway's account in the registry."
+    )
+    artifact_filename: str = Field(
+        default="triton-python.tar.gz",
+        description="Which of a version's Triton repository artifacts to serve: "
+        "triton-python.tar.gz (the Python backend, as here) or triton-onnx.tar.gz (NVIDIA's "
+        "ONNX Runtime backend).",
+    )
+
+
+class GatewaySection(Section):
+    model_name: str = Field(
+        default="label-inspector",
+        description="Model served when no routing names one (its stable version: default_version).",
+    )
+    default_version: str = Field(
+        default="1", description="Stable version for lines that no routing event names yet."
+    )
+    input_size: int = Field(
+        default=128, ge=16, le=1024, description="Side in pixels of the models' input images."
+    )
+    http_host: str = Field(default="127.0.0.1", description="Address the HTTP API listens on.")
+    http_port: int = Field(default=8700, ge=1, le=65535, description="Port of the HTTP API.")
+    grpc_port: int = Field(
+        default=9700, ge=0, le=65535, description="Port of the gRPC Inspect service; 0: none."
+    )
+    replicas: int = Field(default=1, ge=1, description="Ray Serve replicas of the gateway.")
+    images: ImageLimits = Field(default_factory=ImageLimits, description="Image validation.")
+    decision: DecisionSettings = Field(
+        default_factory=DecisionSettings, description="Review thresholds of the line modes."
+    )
+    triton: TritonSettings = Field(default_factory=TritonSettings, description="Triton.")
+    models: ModelSyncSettings = Field(
+        default_factory=ModelSyncSettings, description="Model repository sync from the registry."
+    )
+
+    @model_validator(mode="after")
+    def _check_sides(self) -> GatewaySection:
+        if self.images.min_side > self.images.max_side:
+            raise ValueError("gateway.images.min_side must not exceed gateway.images.max_side")
+        return self
+
+
+class GatewaySettings(CommonSettings):
+    gateway: GatewaySection = Field(
+        default_factory=GatewaySection, description="The inspection gateway."
+    )

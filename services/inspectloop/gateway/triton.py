@@ -1,0 +1,141 @@
+"""The gateway's view of Triton: inference, readiness and model control, over gRPC.
+
+Every failure to reach Triton or to get an answer becomes ``BackendUnavailableError`` (the API
+answers 503 with the reason). Readiness answers are cached for ``readiness_ttl_s`` so that
+routing can ask for every request without a round trip each time; the class names and the input
+size of a model come from its served config (``config.pbtxt``, written by the packaging).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import tritonclient.grpc as triton_grpc
+from tritonclient.utils import InferenceServerException
+
+from inspectloop.core.errors import BackendUnavailableError
+from inspectloop.gateway.settings import TritonSettings
+from inspectloop.trainer.packaging import (
+    CLASSES_PARAMETER,
+    INPUT_NAME,
+    OUTPUT_FEATURES,
+    OUTPUT_PROBABILITIES,
+)
+
+OUTPUTS = (OUTPUT_PROBABILITIES, OUTPUT_FEATURES)
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    input_size: int
+    classes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Scores:
+    probabilities: npt.NDArray[np.float32]  # C
+    features: npt.NDArray[np.float32]  # D
+    seconds: float
+
+
+class TritonModels:
+    def __init__(
+        self, settings: TritonSettings, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.settings = settings
+        self._client = triton_grpc.InferenceServerClient(url=settings.url)
+        self._clock = clock
+        self._ready: dict[tuple[str, str], tuple[float, bool]] = {}
+        self._served: dict[str, ServedModel] = {}
+        self._lock = threading.Lock()
+
+    def _call(self, what: str, call: Callable[[], Any]) -> Any:
+        try:
+            return call()
+        except InferenceServerException as exc:
+            raise BackendUnavailableError(
+                f"Triton at {self.settings.url} failed to {what}: {exc.message()}"
+            ) from None
+
+    def ready(self, name: str, version: str) -> bool:
+        """Whether Triton serves ``name`` version ``version`` (cached ``readiness_ttl_s``)."""
+        key, now = (name, version), self._clock()
+        with self._lock:
+            cached = self._ready.get(key)
+        if cached is not None and now - cached[0] < self.settings.readiness_ttl_s:
+            return cached[1]
+        try:
+            answer = bool(
+                self._client.is_model_ready(name, version, client_timeout=self.settings.timeout_s)
+            )
+        except InferenceServerException:
+            answer = False
+        with self._lock:
+            self._ready[key] = (now, answer)
+        return answer
+
+    def forget(self, name: str) -> None:
+        """Drop what is cached about ``name`` (after a load or unload)."""
+        with self._lock:
+            self._ready = {k: v for k, v in self._ready.items() if k[0] != name}
+            self._served.pop(name, None)
+
+    def served(self, name: str) -> ServedModel:
+        """Input size and classes of ``name``, from its config on Triton."""
+        with self._lock:
+            known = self._served.get(name)
+        if known is not None:
+            return known
+        config = self._call(
+            f"give the config of {name}",
+            lambda: self._client.get_model_config(
+                name, as_json=True, client_timeout=self.settings.timeout_s
+            ),
+        )["config"]
+        classes = config.get("parameters", {}).get(CLASSES_PARAMETER, {}).get("string_value")
+        if not classes:
+            raise BackendUnavailableError(
+                f"model {name} on Triton has no {CLASSES_PARAMETER} parameter: it was not "
+                "packaged by inspectloop"
+            )
+        dims = [int(d) for d in config["input"][0]["dims"]]
+        model = ServedModel(input_size=dims[0], classes=tuple(classes.split(",")))
+        with self._lock:
+            self._served[name] = model
+        return model
+
+    def infer(self, name: str, version: str, images: npt.NDArray[np.uint8]) -> list[Scores]:
+        """Probabilities and features of each image (``N x H x W x 3`` uint8)."""
+        request = triton_grpc.InferInput(INPUT_NAME, list(images.shape), "UINT8")
+        request.set_data_from_numpy(images)
+        outputs = [triton_grpc.InferRequestedOutput(n) for n in OUTPUTS]
+        started = time.perf_counter()
+        result = self._call(
+            f"run {name} v{version}",
+            lambda: self._client.infer(
+                name,
+                [request],
+                model_version=version,
+                outputs=outputs,
+                client_timeout=self.settings.timeout_s,
+            ),
+        )
+        seconds = time.perf_counter() - started
+        probabilities = result.as_numpy(OUTPUT_PROBABILITIES)
+        features = result.as_numpy(OUTPUT_FEATURES)
+        return [Scores(probabilities[i], features[i], seconds) for i in range(len(images))]
+
+    def load(self, name: str) -> None:
+        """Ask Triton to (re)load ``name`` from its repository (every version its config's
+        ``version_policy`` serves); the versions it served stay up if the load fails."""
+        self._call(f"load {name}", lambda: self._client.load_model(name))
+        self.forget(name)
+
+    def close(self) -> None:
+        self._client.close()

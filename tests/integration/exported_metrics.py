@@ -1,0 +1,18 @@
+"""Every metric name the services export, for checking rules and dashboards against."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry
+
+from inspectloop.core.bus.metrics import BusMetrics
+from inspectloop.core.metrics import metric_names
+from inspectloop.gateway.metrics import GatewayMetrics
+from inspectloop.monitor.metrics import MonitorMetrics
+from inspectloop.registry.metrics import RegistryMetrics
+
+
+def exported_metrics() -> frozenset[str]:
+    registry = CollectorRegistry()
+    for metrics in (BusMetrics, GatewayMetrics, MonitorMetrics, RegistryMetrics):
+        metrics(registry)
+    return frozenset(metric_names(registry))
