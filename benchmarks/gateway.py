@@ -7,6 +7,8 @@ backend, the backend this machine's Triton has). In the same run, on the same im
 (a) our gateway: the gRPC ``Inspect`` call a line PC makes, through Ray Serve's proxy to the
     gateway replica, which decodes the PNG, calls Triton, computes the image statistics, stores
     the image in the blob store and publishes the InspectionEvent on the embedded bus;
+(a') the same through the HTTP API (JSON, base64 image);
+(a0) the gateway's core in this process, without Ray Serve (where the time goes);
 (b) tritonclient's gRPC ``infer`` straight to Triton, with decoded pixels;
 (c) onnxruntime in this process (one session, one intra-op thread per call);
 
@@ -22,9 +24,11 @@ concurrency 8. Everything (clients, proxy, replica, Triton) shares this machine'
 from __future__ import annotations
 
 import argparse
+import base64
 import io
 import statistics
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -33,10 +37,19 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+import requests
 import tritonclient.grpc as triton_grpc
 from PIL import Image
+from prometheus_client import CollectorRegistry
 
-from inspectloop.devtools.gateway_stack import gateway_stack
+from inspectloop.core.blobstore import FilesystemBlobStore
+from inspectloop.core.bus import build_bus
+from inspectloop.core.settings import BusSettings, LocalBusSettings
+from inspectloop.core.topics import INSPECTIONS
+from inspectloop.devtools.gateway_stack import Stack, gateway_stack
+from inspectloop.gateway.metrics import GatewayMetrics
+from inspectloop.gateway.service import InspectionGateway
+from inspectloop.gateway.triton import TritonModels
 from inspectloop.simulator.products import default_catalogue
 from inspectloop.simulator.render import render_label
 from inspectloop.simulator.traffic import GrpcInspectClient
@@ -50,6 +63,11 @@ from inspectloop.trainer.packaging import (
 from inspectloop.v1.inspect_service_pb2 import InspectRequest
 
 SPEC = ModelSpec()  # the production model: 128 px
+GATEWAY_GRPC = "(a) gateway, gRPC"
+GATEWAY_CORE = "(a0) gateway core in-process, no Serve"
+TRITON = "(b) Triton, tritonclient gRPC"
+TRITON_UNBATCHED = "(b') Triton without dynamic batching"
+ORT = "(c) onnxruntime in-process"
 BATCHED, UNBATCHED = "bench", "bench_nobatch"
 GOAL_ADDED_MS = 2.0
 GOAL_BATCHING = 2.0
@@ -108,6 +126,41 @@ def triton_call(
     return call
 
 
+def inspect_request(pngs: list[bytes], i: int) -> InspectRequest:
+    return InspectRequest(
+        line="line-1",
+        request_id=f"bench-{i}-{time.perf_counter_ns()}",
+        image=pngs[i % len(pngs)],
+        content_type="image/png",
+    )
+
+
+def in_process_gateway(stack: Stack, tmp: Path) -> InspectionGateway:
+    """The gateway's core without Ray Serve, on the same Triton: what the proxy hop costs."""
+    bus = build_bus(
+        BusSettings(backend="local", local=LocalBusSettings(directory=tmp / "core-bus")),
+        "bench",
+        CollectorRegistry(),
+    )
+    bus.ensure_topics([INSPECTIONS])
+    section = stack.settings.gateway
+    return InspectionGateway(
+        section,
+        bus=bus,
+        blobs=FilesystemBlobStore(tmp / "core-blobs", 1 << 24),
+        triton=TritonModels(section.triton),
+        metrics=GatewayMetrics(CollectorRegistry()),
+    )
+
+
+def mean_batch(client: triton_grpc.InferenceServerClient, model: str) -> float:
+    """Images per model execution over the run, from Triton's statistics."""
+    stats = client.get_inference_statistics(model, as_json=True)["model_stats"]
+    images = sum(int(s.get("inference_count", 0)) for s in stats)
+    executions = sum(int(s.get("execution_count", 0)) for s in stats)
+    return images / executions if executions else 0.0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=400, help="per measurement")
@@ -115,6 +168,7 @@ def main() -> None:
     args = parser.parse_args()
     n = 100 if args.quick else args.requests
     pixels, pngs = label_images(64)
+    b64 = [base64.b64encode(p).decode() for p in pngs]
     rows: dict[tuple[str, int], Result] = {}
 
     with (
@@ -128,22 +182,25 @@ def main() -> None:
         ) as stack,
     ):
         gateway = GrpcInspectClient(stack.grpc_target)
+        core = in_process_gateway(stack, Path(tmp))
         triton = triton_grpc.InferenceServerClient(stack.triton.grpc_url)
         session = ort_session(stack.onnx_dir / f"{BATCHED}-1.onnx", threads=1)
+        sessions = threading.local()
+
+        def http(i: int) -> object:
+            if not hasattr(sessions, "http"):
+                sessions.http = requests.Session()
+            body = {"line": "line-1", "image_base64": b64[i % len(b64)]}
+            answer = sessions.http.post(f"{stack.http_url}/v1/inspect", json=body, timeout=30)
+            answer.raise_for_status()
+            return answer
+
         calls: dict[str, Callable[[int], object]] = {
-            "(a) gateway, gRPC": lambda i: gateway.inspect(
-                InspectRequest(
-                    line="line-1",
-                    request_id=f"bench-{i}-{time.perf_counter_ns()}",
-                    image=pngs[i % len(pngs)],
-                    content_type="image/png",
-                ),
-                30,
-            ),
-            "(b) Triton, tritonclient gRPC": triton_call(triton, BATCHED, pixels),
-            "(c) onnxruntime in-process": lambda i: session.run(
-                None, {INPUT_NAME: pixels[i % len(pixels)][None]}
-            ),
+            GATEWAY_GRPC: lambda i: gateway.inspect(inspect_request(pngs, i), 30),
+            "(a') gateway, HTTP JSON": http,
+            GATEWAY_CORE: lambda i: core.inspect(inspect_request(pngs, i)),
+            TRITON: triton_call(triton, BATCHED, pixels),
+            ORT: lambda i: session.run(None, {INPUT_NAME: pixels[i % len(pixels)][None]}),
         }
         for name, call in calls.items():
             measure(call, 20, 2)  # warm-up: connections, the replica, the model's first run
@@ -151,16 +208,13 @@ def main() -> None:
                 rows[(name, concurrency)] = measure(call, n, concurrency)
         unbatched = triton_call(triton, UNBATCHED, pixels)
         measure(unbatched, 20, 2)
-        rows[("(b') Triton without dynamic batching", 8)] = measure(unbatched, n, 8)
+        rows[(TRITON_UNBATCHED, 8)] = measure(unbatched, n, 8)
+        batch_sizes = {name: mean_batch(triton, name) for name in (BATCHED, UNBATCHED)}
         gateway.close()
+        core.close()
         triton.close()
 
-    gw, tr, tr_alone, ort = (
-        "(a) gateway, gRPC",
-        "(b) Triton, tritonclient gRPC",
-        "(b') Triton without dynamic batching",
-        "(c) onnxruntime in-process",
-    )
+    gw, tr, tr_alone, ort = GATEWAY_GRPC, TRITON, TRITON_UNBATCHED, ORT
     print(f"{n} requests per row; 128 px labels; this machine's 2 cores shared by all parts")
     print("| path | concurrency | p50 ms | p99 ms | requests/s |")
     print("|---|---|---|---|---|")
@@ -173,6 +227,14 @@ def main() -> None:
         f"Triton adds {rows[(tr, 1)].p50_ms - rows[(ort, 1)].p50_ms:.2f} ms over onnxruntime; "
         f"dynamic batching: {batching:.2f}x requests/s at concurrency 8 "
         f"(goal >= {GOAL_BATCHING:g}x)"
+    )
+    core_added = rows[(GATEWAY_CORE, 1)].p50_ms - rows[(tr, 1)].p50_ms
+    hop = rows[(gw, 1)].p50_ms - rows[(GATEWAY_CORE, 1)].p50_ms
+    print(
+        f"the gateway's own work in-process adds {core_added:.2f} ms at p50; Ray Serve's proxy "
+        f"and replica hop {hop:.2f} ms. Mean batch Triton ran (all rows): "
+        f"{batch_sizes[BATCHED]:.2f} with its dynamic batcher, {batch_sizes[UNBATCHED]:.2f} "
+        "without"
     )
 
 

@@ -33,6 +33,7 @@ import yaml
 from pydantic_settings import BaseSettings
 
 from inspectloop.core.settings import ENV_PREFIX, load_settings
+from inspectloop.gateway.settings import GatewaySettings
 from inspectloop.monitor.settings import MonitorSettings
 from inspectloop.registry.settings import RegistrySettings
 from inspectloop.trainer.settings import TrainerSettings
@@ -60,6 +61,7 @@ OPERATOR_KINDS = {
 SETTINGS: dict[str, type[BaseSettings]] = {
     "registry": RegistrySettings,
     "monitor": MonitorSettings,
+    "gateway": GatewaySettings,
     "trainer": TrainerSettings,
 }
 # Dummy values for the variables a Deployment takes from Secrets.
@@ -70,6 +72,7 @@ SECRET_DUMMIES = {
     ),
     "INSPECTLOOP_TRAINER__REGISTRY_TOKEN": "r" * 40,
     "INSPECTLOOP_TRAINER__RAY_AUTH_TOKEN": "ray-token",
+    "INSPECTLOOP_GATEWAY__MODELS__REGISTRY_TOKEN": "g" * 40,
 }
 # Grafana's variables, replaced by sample values before Prometheus parses an expression.
 GRAFANA_VARIABLES = {
@@ -283,7 +286,14 @@ def test_every_inspectloop_variable_is_a_setting_of_its_service(
         if component == "trainer":
             assert settings.trainer.registry_token is not None
             assert settings.trainer.registry_url.startswith("http://demo-inspectloop-registry.")
-    expected = {"registry", "monitor", "trainer"}
+        if component == "gateway":
+            gateway = settings.gateway
+            assert gateway.http_host == "0.0.0.0"
+            assert gateway.triton.url == "demo-inspectloop-triton:8001"
+            assert gateway.models.repository is not None
+            assert gateway.models.registry_token is not None
+            assert gateway.models.registry_url.startswith("http://demo-inspectloop-registry.")
+    expected = {"registry", "monitor", "trainer"} | ({"gateway"} if variant != "minimal" else set())
     assert seen == expected, f"{variant}: services rendered: {sorted(seen)}"
 
 
