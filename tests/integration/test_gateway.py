@@ -192,6 +192,8 @@ def test_bad_requests_are_refused_with_reasons_and_publish_nothing(
         gateway.inspect(InspectRequest(line="line-1", image=png(0, side=8)))
     with pytest.raises(InvalidRequestError, match="no line"):
         gateway.inspect(InspectRequest(image=png(0)))
+    with pytest.raises(InvalidRequestError, match="is not 1-64 letters"):
+        gateway.inspect(InspectRequest(line="line 1; drop", image=png(0)))
     gateway.inspect(request("line-1", 0))
     assert len(published.drain(1)) == 1
     errors = gateway.metrics.errors

@@ -16,6 +16,7 @@ restarted replica rebuilds both tables from the topics' history.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 import uuid
@@ -54,6 +55,8 @@ log = logging.getLogger(__name__)
 
 FOLLOWED = (ROUTING, LINE_MODES)
 PRODUCED = (INSPECTIONS,)
+# Line ids label metrics and key the bus: a bounded, printable alphabet.
+LINE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _NAMESPACE = uuid.UUID("0d5f2b8e-8c1e-4c4b-9a57-6f0f3c1e2a90")
 
 
@@ -159,6 +162,10 @@ class InspectionGateway:
     def _inspect(self, request: InspectRequest, started: float) -> InspectResponse:
         if not request.line:
             raise InvalidRequestError("the request names no line")
+        if not LINE_ID.fullmatch(request.line):
+            raise InvalidRequestError(
+                f"line id {request.line[:80]!r} is not 1-64 letters, digits, '.', '_' or '-'"
+            )
         request_id = request.request_id or str(uuid.uuid4())
         route = self.routing.route(request.line, request_id, self.triton.ready)
         decider = route.decider
