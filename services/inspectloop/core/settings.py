@@ -39,13 +39,6 @@ class KafkaSettings(Section):
         default="PLAINTEXT", description="Protocol used to talk to the brokers."
     )
     request_timeout_ms: int = Field(default=30_000, gt=0, description="Broker request timeout.")
-    metadata_max_age_ms: int = Field(
-        default=10_000,
-        ge=1000,
-        description="How often clients refresh the cluster metadata. A consumer whose group "
-        "was assigned before its topics' partitions reached its metadata gets them at the next "
-        "refresh (Kafka's default, 5 minutes, would leave it idle that long).",
-    )
     delivery_timeout_s: float = Field(
         default=120.0,
         gt=0,

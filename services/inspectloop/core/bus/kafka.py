@@ -66,7 +66,6 @@ def _common(settings: KafkaSettings) -> dict[str, Any]:
         "client_id": settings.client_id,
         "security_protocol": settings.security_protocol,
         "request_timeout_ms": settings.request_timeout_ms,
-        "metadata_max_age_ms": settings.metadata_max_age_ms,
     }
 
 
