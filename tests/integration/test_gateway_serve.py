@@ -67,7 +67,7 @@ def api(settings: GatewaySettings, path: str) -> str:
 
 def test_http_json_multipart_and_grpc_answer_and_publish(served: GatewaySettings) -> None:
     body = {
-        "line": "line-1",
+        "line": "serve-line-1",
         "request_id": "json-1",
         "content_type": "image/png",
         "image_base64": base64.b64encode(png(1)).decode(),
@@ -81,7 +81,7 @@ def test_http_json_multipart_and_grpc_answer_and_publish(served: GatewaySettings
     upload = requests.post(
         api(served, "/v1/inspect/upload"),
         files={"image": ("unit.png", png(2), "image/png")},
-        data={"line": "line-1", "request_id": "upload-1", "sku": "SKU-01"},
+        data={"line": "serve-line-1", "request_id": "upload-1", "sku": "SKU-01"},
         timeout=30,
     )
     assert upload.status_code == 200, upload.text
@@ -89,12 +89,12 @@ def test_http_json_multipart_and_grpc_answer_and_publish(served: GatewaySettings
     client = GrpcInspectClient(f"127.0.0.1:{served.gateway.grpc_port}")
     try:
         grpc_answer = client.inspect(
-            InspectRequest(line="line-1", request_id="grpc-1", image=png(3)), 30
+            InspectRequest(line="serve-line-1", request_id="grpc-1", image=png(3)), 30
         )
         assert grpc_answer.decision == DECISION_PASS
         assert grpc_answer.model.role == MODEL_ROLE_STABLE
         with pytest.raises(PermanentError, match=r"INVALID_ARGUMENT.*not a PNG or JPEG"):
-            client.inspect(InspectRequest(line="line-1", image=b"junk"), 30)
+            client.inspect(InspectRequest(line="serve-line-1", image=b"junk"), 30)
     finally:
         client.close()
 
@@ -121,15 +121,15 @@ def test_http_json_multipart_and_grpc_answer_and_publish(served: GatewaySettings
 @pytest.mark.parametrize(
     ("body", "status", "words"),
     [
-        ({"line": "line-1", "image_base64": "%%%"}, 400, "not valid base64"),
+        ({"line": "serve-line-1", "image_base64": "%%%"}, 400, "not valid base64"),
         (
-            {"line": "line-1", "image_base64": base64.b64encode(b"junk").decode()},
+            {"line": "serve-line-1", "image_base64": base64.b64encode(b"junk").decode()},
             400,
             "not a PNG or JPEG",
         ),
         (
             {
-                "line": "line-1",
+                "line": "serve-line-1",
                 "content_type": "image/gif",
                 "image_base64": base64.b64encode(png(0)).decode(),
             },
@@ -152,11 +152,11 @@ def test_openapi_and_metrics(served: GatewaySettings) -> None:
     assert {"/v1/inspect", "/v1/inspect/upload", "/healthz", "/metrics"} <= set(spec["paths"])
     requests.post(
         api(served, "/v1/inspect"),
-        json={"line": "line-5", "image_base64": base64.b64encode(png(5)).decode()},
+        json={"line": "serve-line-5", "image_base64": base64.b64encode(png(5)).decode()},
         timeout=30,
     ).raise_for_status()
     text = requests.get(api(served, "/metrics"), timeout=30).text
-    assert 'inspectloop_gateway_inspect_requests_total{decision="pass",line="line-5"' in text
+    assert 'inspectloop_gateway_inspect_requests_total{decision="pass",line="serve-line-5"' in text
     assert "inspectloop_gateway_request_duration_seconds_bucket" in text
 
 
