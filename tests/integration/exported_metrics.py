@@ -9,10 +9,11 @@ from inspectloop.core.metrics import metric_names
 from inspectloop.gateway.metrics import GatewayMetrics
 from inspectloop.monitor.metrics import MonitorMetrics
 from inspectloop.registry.metrics import RegistryMetrics
+from inspectloop.rollout.metrics import RolloutMetrics
 
 
 def exported_metrics() -> frozenset[str]:
     registry = CollectorRegistry()
-    for metrics in (BusMetrics, GatewayMetrics, MonitorMetrics, RegistryMetrics):
+    for metrics in (BusMetrics, GatewayMetrics, MonitorMetrics, RegistryMetrics, RolloutMetrics):
         metrics(registry)
     return frozenset(metric_names(registry))

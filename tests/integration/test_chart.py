@@ -4,8 +4,10 @@
   ``charts/inspectloop/ci/*-values.yaml``; the values schema rejects unknown keys;
 * every rendered manifest validates against the Kubernetes schemas bundled in
   kubernetes-validate (operator kinds, which it has no schema for, are checked by structure);
-* every ``INSPECTLOOP_*`` variable a Deployment sets is a setting of that service's settings
-  class (a renamed setting breaks this test), secrets replaced by dummy values;
+* every ``INSPECTLOOP_*`` variable a Deployment or DaemonSet sets is a setting of that service's
+  settings class (a renamed setting breaks this test), secrets replaced by dummy values;
+* least privilege: only the rollout controller's pod gets an API token, and its Role allows
+  ModelRollouts in the release namespace and nothing else;
 * the PrometheusRule's rules pass ``promtool check rules``; every PromQL expression of the
   Grafana dashboards parses in Prometheus; every ``inspectloop_*`` metric they name is exported;
 * ``k8s/``: the ModelRollout CRD and the kustomizations (every referenced path exists).
@@ -33,9 +35,11 @@ import yaml
 from pydantic_settings import BaseSettings
 
 from inspectloop.core.settings import ENV_PREFIX, load_settings
+from inspectloop.edge.settings import EdgeSettings
 from inspectloop.gateway.settings import GatewaySettings
 from inspectloop.monitor.settings import MonitorSettings
 from inspectloop.registry.settings import RegistrySettings
+from inspectloop.rollout.settings import RolloutSettings
 from inspectloop.trainer.settings import TrainerSettings
 from tests.integration.exported_metrics import exported_metrics
 
@@ -63,7 +67,15 @@ SETTINGS: dict[str, type[BaseSettings]] = {
     "monitor": MonitorSettings,
     "gateway": GatewaySettings,
     "trainer": TrainerSettings,
+    "rollout": RolloutSettings,
+    "edge": EdgeSettings,
 }
+WORKLOAD_KINDS = ("Deployment", "DaemonSet")
+# The one Role the chart may create: the rollout controller's ModelRollout records.
+ROLLOUT_RULES = [
+    {"apiGroups": ["inspectloop.io"], "resources": ["modelrollouts"], "verbs": ["get", "create"]},
+    {"apiGroups": ["inspectloop.io"], "resources": ["modelrollouts/status"], "verbs": ["patch"]},
+]
 # Dummy values for the variables a Deployment takes from Secrets.
 SECRET_DUMMIES = {
     "INSPECTLOOP_REGISTRY__DATABASE_URL": "postgresql://inspectloop:secret@db:5432/inspectloop",
@@ -73,6 +85,8 @@ SECRET_DUMMIES = {
     "INSPECTLOOP_TRAINER__REGISTRY_TOKEN": "r" * 40,
     "INSPECTLOOP_TRAINER__RAY_AUTH_TOKEN": "ray-token",
     "INSPECTLOOP_GATEWAY__MODELS__REGISTRY_TOKEN": "g" * 40,
+    "INSPECTLOOP_ROLLOUT__REGISTRY_TOKEN": "o" * 40,
+    "INSPECTLOOP_EDGE__REGISTRY_TOKEN": "e" * 40,
 }
 # Grafana's variables, replaced by sample values before Prometheus parses an expression.
 GRAFANA_VARIABLES = {
@@ -122,6 +136,14 @@ def rendered(variant: str) -> tuple[dict[str, Any], ...]:
 
 def of_kind(variant: str, kind: str) -> list[dict[str, Any]]:
     return [doc for doc in rendered(variant) if doc["kind"] == kind]
+
+
+def workloads(variant: str) -> list[dict[str, Any]]:
+    return [doc for doc in rendered(variant) if doc["kind"] in WORKLOAD_KINDS]
+
+
+def component(doc: dict[str, Any]) -> str:
+    return str(doc["metadata"]["labels"]["app.kubernetes.io/component"])
 
 
 @functools.cache
@@ -225,12 +247,15 @@ def test_rendered_manifests_are_valid_kubernetes(variant: str) -> None:
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_workloads_follow_the_security_baseline(variant: str) -> None:
-    deployments = of_kind(variant, "Deployment")
+    deployments = workloads(variant)
     assert deployments
+    roles = of_kind(variant, "Role")
     for deployment in deployments:
         name = deployment["metadata"]["name"]
         pod = deployment["spec"]["template"]["spec"]
-        assert pod["automountServiceAccountToken"] is False, name
+        # Only the rollout controller talks to the Kubernetes API, and only with its Role.
+        expected_token = component(deployment) == "rollout" and bool(roles)
+        assert pod["automountServiceAccountToken"] is expected_token, name
         assert pod["securityContext"]["runAsNonRoot"] is True, name
         assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", name
         for container in pod["containers"]:
@@ -241,15 +266,45 @@ def test_workloads_follow_the_security_baseline(variant: str) -> None:
             assert container["resources"]["requests"], name
             assert "/tmp" in {m["mountPath"] for m in container["volumeMounts"]}, name
             for var in container.get("env", []):
-                if "valueFrom" in var:
+                if var["name"] == "INSPECTLOOP_EDGE__NODE_ID":
+                    assert var["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
+                elif "valueFrom" in var:
                     assert set(var["valueFrom"]) == {"secretKeyRef"}, (name, var["name"])
                 lowered = var["name"].lower()
                 if any(word in lowered for word in ("token", "password", "database_url")):
                     assert "valueFrom" in var, f"{name}: {var['name']} must come from a Secret"
     for account in of_kind(variant, "ServiceAccount"):
         assert account["automountServiceAccountToken"] is False
-    # Least privilege: the services need no Kubernetes API access today.
-    assert not [d for d in rendered(variant) if d["kind"] in {"Role", "ClusterRole"}]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_only_the_rollout_controller_gets_rbac_and_only_for_model_rollouts(variant: str) -> None:
+    docs = rendered(variant)
+    assert not [d for d in docs if d["kind"] in {"ClusterRole", "ClusterRoleBinding"}]
+    roles = of_kind(variant, "Role")
+    bindings = of_kind(variant, "RoleBinding")
+    if variant == "minimal":  # rollout.kubernetes.recordModelRollouts: false
+        assert not roles and not bindings
+        return
+    (role,) = roles
+    (binding,) = bindings
+    assert component(role) == component(binding) == "rollout"
+    assert role["rules"] == ROLLOUT_RULES
+    assert "namespace" not in role["metadata"]  # the release namespace, nothing wider
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
+    (controller,) = [d for d in workloads(variant) if component(d) == "rollout"]
+    pod = controller["spec"]["template"]["spec"]
+    assert controller["spec"]["replicas"] == 1
+    assert controller["spec"]["strategy"] == {"type": "Recreate"}
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": pod["serviceAccountName"], "namespace": "inspect"}
+    ]
+    env = {v["name"]: v.get("value") for v in pod["containers"][0]["env"]}
+    assert env["INSPECTLOOP_ROLLOUT__KUBERNETES_NAMESPACE"] == "inspect"
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -257,7 +312,7 @@ def test_every_inspectloop_variable_is_a_setting_of_its_service(
     variant: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seen = set()
-    for deployment in of_kind(variant, "Deployment"):
+    for deployment in workloads(variant):
         component = deployment["metadata"]["labels"]["app.kubernetes.io/component"]
         containers = deployment["spec"]["template"]["spec"]["containers"]
         env = {
@@ -293,26 +348,60 @@ def test_every_inspectloop_variable_is_a_setting_of_its_service(
             assert gateway.models.repository is not None
             assert gateway.models.registry_token is not None
             assert gateway.models.registry_url.startswith("http://demo-inspectloop-registry.")
-    expected = {"registry", "monitor", "trainer"} | ({"gateway"} if variant != "minimal" else set())
+        if component == "rollout":
+            rollout = settings.rollout
+            assert rollout.metrics_source.kind == "prometheus"
+            assert rollout.metrics_source.prometheus_url.startswith("http")
+            assert rollout.registry_token is not None
+            assert rollout.registry_url.startswith("http://demo-inspectloop-registry.")
+            assert str(rollout.state_path).startswith(str(settings.data_dir))
+        if component == "edge":
+            edge = settings.edge
+            labels = deployment["spec"]["template"]["metadata"]["labels"]
+            node_selector = deployment["spec"]["template"]["spec"]["nodeSelector"]
+            assert (
+                edge.line == labels["inspectloop.io/line"] == node_selector["inspectloop.io/line"]
+            )
+            assert str(edge.wave) == node_selector["inspectloop.io/edge-wave"]
+            assert node_selector["inspectloop.io/edge-node"] == "true"
+            assert edge.registry_token is not None
+            assert edge.registry_url.startswith("http://demo-inspectloop-registry.")
+            assert str(edge.store_dir).startswith(str(settings.data_dir))
+    expected = {"registry", "monitor", "trainer", "rollout"}
+    expected |= {"gateway"} if variant != "minimal" else set()
+    expected |= {"edge"} if variant in {"production", "single-node"} else set()
     assert seen == expected, f"{variant}: services rendered: {sorted(seen)}"
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_selectors_and_port_names_match_the_workloads(variant: str) -> None:
-    pods = [d["spec"]["template"] for d in of_kind(variant, "Deployment")]
+    pods = [d["spec"]["template"] for d in workloads(variant)]
 
     def selected(selector: dict[str, str]) -> list[dict[str, Any]]:
-        return [p for p in pods if selector.items() <= p["metadata"]["labels"].items()]
+        """The pod templates a selector matches: one component's (several DaemonSets for the
+        edge agents' line and wave groups)."""
+        matched = [p for p in pods if selector.items() <= p["metadata"]["labels"].items()]
+        assert len({component(p) for p in matched}) == 1, selector
+        return matched
 
     for service in of_kind(variant, "Service"):
-        (pod,) = selected(service["spec"]["selector"])
-        names = {p["name"] for c in pod["spec"]["containers"] for p in c.get("ports", [])}
-        for port in service["spec"]["ports"]:
-            assert port["targetPort"] in names, (service["metadata"]["name"], port)
+        for pod in selected(service["spec"]["selector"]):
+            names = {p["name"] for c in pod["spec"]["containers"] for p in c.get("ports", [])}
+            for port in service["spec"]["ports"]:
+                assert port["targetPort"] in names, (service["metadata"]["name"], port)
     for kind in ("PodDisruptionBudget", "NetworkPolicy"):
         for doc in of_kind(variant, kind):
             key = "selector" if kind == "PodDisruptionBudget" else "podSelector"
-            assert len(selected(doc["spec"][key]["matchLabels"])) == 1, doc["metadata"]["name"]
+            assert selected(doc["spec"][key]["matchLabels"]), doc["metadata"]["name"]
+    for daemon_set in of_kind(variant, "DaemonSet"):
+        spec = daemon_set["spec"]
+        matched = [
+            d
+            for d in of_kind(variant, "DaemonSet")
+            if spec["selector"]["matchLabels"].items()
+            <= d["spec"]["template"]["metadata"]["labels"].items()
+        ]
+        assert matched == [daemon_set], "DaemonSet selectors must not overlap"
     services = of_kind(variant, "Service")
     for monitor in of_kind(variant, "ServiceMonitor"):
         selector = monitor["spec"]["selector"]["matchLabels"]
@@ -388,7 +477,7 @@ def test_promtool_rejects_a_broken_expression(tmp_path: Path) -> None:
 
 
 def test_dashboards_are_rendered_as_labelled_config_maps() -> None:
-    assert {p.stem for p in DASHBOARDS} == {"line-quality", "drift", "pipeline-health"}
+    assert {p.stem for p in DASHBOARDS} == {"line-quality", "drift", "pipeline-health", "rollouts"}
     maps = [
         m for m in of_kind("default", "ConfigMap") if "grafana_dashboard" in m["metadata"]["labels"]
     ]
