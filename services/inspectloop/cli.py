@@ -7,6 +7,7 @@ import typer
 from inspectloop import __version__
 from inspectloop.devtools.cli import dev_app
 from inspectloop.devtools.harness.cli import harness_app
+from inspectloop.edge.cli import edge_app
 from inspectloop.registry.cli import registry_app
 from inspectloop.simulator.cli import simulate_app
 
@@ -20,6 +21,7 @@ app.add_typer(harness_app, name="harness")
 app.add_typer(dev_app, name="dev")
 app.add_typer(simulate_app, name="simulate")
 app.add_typer(registry_app, name="registry")
+app.add_typer(edge_app, name="edge")
 
 
 @app.command()

@@ -1,0 +1,577 @@
+"""The edge agent on real components: the registry service in its own process (reached through a
+proxy that can tamper with artifacts or cut the network), int8 ONNX models run by onnxruntime,
+and the bus: a dedicated Kafka broker that the offline test kills and restarts (never the
+session's broker), or the embedded bus.
+
+- offline for a simulated 10 minutes (an injected clock; the broker really down, the agent
+  restarted meanwhile): every inspection is answered, buffered, and delivered exactly once, in
+  order, after the broker is back;
+- a tampered artifact is refused: the old model keeps answering, the node reports DEGRADED;
+- a routing change swaps to the canary and back, the way back from disk with the registry away.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from prometheus_client import CollectorRegistry
+
+from inspectloop.core.bus import EventBus, build_bus
+from inspectloop.core.events import Event
+from inspectloop.core.registry_client import RegistryClient
+from inspectloop.core.settings import BusSettings, KafkaSettings, LocalBusSettings
+from inspectloop.core.topics import EDGE_HEARTBEATS, INSPECTIONS, ROUTING
+from inspectloop.devtools.harness import KafkaBroker
+from inspectloop.devtools.harness.process import ManagedProcess, pick_free_port, poll_until
+from inspectloop.devtools.tiny_models import SPEC, png
+from inspectloop.edge.agent import FOLLOWED, PRODUCED, EdgeAgent
+from inspectloop.edge.metrics import EdgeMetrics
+from inspectloop.edge.models import SIGNATURE_MEDIA_TYPE, ModelStore, load_public_key
+from inspectloop.edge.outbox import Outbox
+from inspectloop.edge.settings import EdgeSection
+from inspectloop.trainer.model import build_model
+from inspectloop.trainer.packaging import export_onnx, quantize_int8, sha256_file
+from inspectloop.v1.common_pb2 import DECISION_PASS, DECISION_REJECT, MODEL_ROLE_EDGE, ModelRef
+from inspectloop.v1.edge_pb2 import (
+    EDGE_NODE_STATE_DEGRADED,
+    EDGE_NODE_STATE_FALLBACK,
+    EDGE_NODE_STATE_READY,
+    EdgeHeartbeat,
+)
+from inspectloop.v1.rollout_pb2 import Routing
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "ilr_" + "e" * 40
+MODEL = "edge-tiny"
+T0 = datetime(2025, 3, 1, 6, 0, tzinfo=UTC)
+WAIT_S = 60.0
+
+
+# --- the registry, a proxy in front of it, and three signed int8 models ------------------------
+
+
+@pytest.fixture(scope="module")
+def registry_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The registry service as it runs in production: its own process, on SQLite."""
+    tmp = tmp_path_factory.mktemp("edge-registry")
+    port = pick_free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("INSPECTLOOP_")},
+        "INSPECTLOOP_DATA_DIR": str(tmp / "data"),
+        "INSPECTLOOP_REGISTRY__PORT": str(port),
+        "INSPECTLOOP_REGISTRY__CONSUME_EVENTS": "false",
+        "INSPECTLOOP_REGISTRY__BOOTSTRAP_USERS": json.dumps(
+            [{"name": "edge", "role": "service", "token": TOKEN}]
+        ),
+    }
+    process = ManagedProcess(
+        "registry", [sys.executable, "-m", "inspectloop.registry.service"], tmp / "log", env=env
+    )
+    url = f"http://127.0.0.1:{port}"
+    process.start()
+    try:
+        process.wait_ready(lambda: httpx.get(f"{url}/readyz", timeout=2).status_code == 200, 60)
+        yield url
+    finally:
+        process.stop()
+
+
+@dataclass
+class Proxy:
+    """Between the agent and the registry: flips a byte of chosen artifacts (a compromised
+    mirror, a corrupted download) or drops every connection (the line PC's network is down)."""
+
+    url: str
+    tamper: set[str] = field(default_factory=set)
+    offline: bool = False
+    requests: int = 0
+
+
+@pytest.fixture
+def proxy(registry_url: str) -> Iterator[Proxy]:
+    state = Proxy(url="")
+    upstream = httpx.Client(base_url=registry_url, timeout=30)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            state.requests += 1
+            if state.offline:
+                self.close_connection = True
+                return  # no response at all: the client sees a dropped connection
+            auth = self.headers.get("Authorization")
+            reply = upstream.get(self.path, headers={"Authorization": auth} if auth else {})
+            body = reply.content
+            sha = self.path.rsplit("/", 1)[-1]
+            if self.path.startswith("/v1/artifacts/") and sha in state.tamper:
+                middle = len(body) // 2
+                body = body[:middle] + bytes([body[middle] ^ 0xFF]) + body[middle + 1 :]
+            self.send_response(reply.status_code)
+            self.send_header("Content-Type", reply.headers.get("content-type", "text/plain"))
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    state.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield state
+    server.shutdown()
+    server.server_close()
+    upstream.close()
+
+
+@dataclass(frozen=True)
+class EdgeModels:
+    versions: dict[str, str]  # our label ("pass-1", "pass-2", "reject") -> registry version
+    int8_sha256: dict[str, str]  # registry version -> sha256 of its int8 artifact
+    public_key: Path
+
+
+@pytest.fixture(scope="module")
+def edge_models(registry_url: str, tmp_path_factory: pytest.TempPathFactory) -> EdgeModels:
+    """Three versions of MODEL with known answers (two pass every image, one rejects every
+    image), quantized to int8 and signed, registered in the registry."""
+    work = tmp_path_factory.mktemp("edge-models")
+    key = Ed25519PrivateKey.generate()
+    public = work / "edge-signing.pub.pem"
+    public.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    calibration = np.random.default_rng(0).integers(0, 255, (16, 32, 32, 3), dtype=np.uint8)
+    client = RegistryClient(registry_url, TOKEN)
+    versions: dict[str, str] = {}
+    shas: dict[str, str] = {}
+    try:
+        for label, seed, favoured in (("pass-1", 1, 0), ("pass-2", 2, 0), ("reject", 3, 3)):
+            model = build_model(SPEC, seed=seed)
+            with torch.no_grad():
+                model.head.bias.zero_()
+                model.head.bias[favoured] = 30.0
+            model.eval()
+            onnx = export_onnx(model, SPEC, work / f"{label}.onnx")
+            int8 = quantize_int8(onnx, work / f"{label}.int8.onnx", calibration)
+            sig = work / f"{label}.int8.onnx.sig"
+            sig.write_bytes(key.sign(int8.read_bytes()))
+            artifacts = []
+            for path, extra in (
+                (int8, {"filename": "model.int8.onnx"}),
+                (sig, {"filename": "model.int8.onnx.sig", "media_type": SIGNATURE_MEDIA_TYPE}),
+            ):
+                sha = sha256_file(path)
+                client.upload_artifact(path, sha)
+                artifacts.append(
+                    {"kind": "onnx_int8", "sha256": sha, "size_bytes": path.stat().st_size} | extra
+                )
+            record = client.register_version(
+                MODEL,
+                {
+                    "stage": "validated",
+                    "artifacts": artifacts,
+                    "lineage": {
+                        "dataset_snapshot_id": "snap-edge",
+                        "dataset_sha256": "d" * 64,
+                        "code_version": "test",
+                    },
+                    "classes": list(SPEC.classes),
+                    "input_width": SPEC.input_size,
+                    "input_height": SPEC.input_size,
+                },
+            )
+            version = str(record["version"])
+            versions[label] = version
+            shas[version] = sha256_file(int8)
+    finally:
+        client.close()
+    return EdgeModels(versions, shas, public)
+
+
+# --- the agent -----------------------------------------------------------------------------------
+
+
+class FakeClock:
+    """The agent's wall clock, moved by the test: ten minutes pass in no time."""
+
+    def __init__(self, start: datetime) -> None:
+        self._now = start
+        self._lock = threading.Lock()
+
+    def __call__(self) -> datetime:
+        with self._lock:
+            return self._now
+
+    def advance(self, delta: timedelta) -> datetime:
+        with self._lock:
+            self._now += delta
+            return self._now
+
+
+def make_agent(
+    tmp: Path,
+    connect: Callable[[], EventBus],
+    registry_url: str,
+    *,
+    line: str,
+    wave: int = 1,
+    clock: Callable[[], datetime] | None = None,
+    public_key: Path | None = None,
+) -> EdgeAgent:
+    settings = EdgeSection(
+        node_id=f"{line}-pc-1",
+        line=line,
+        wave=wave,
+        model_name=MODEL,
+        registry_url=registry_url,
+        store_dir=tmp / "edge" / "models",
+        outbox_path=tmp / "edge" / "outbox.sqlite3",
+        heartbeat_interval_s=0.2,
+        loop_interval_s=0.05,
+        sync_retry_s=0.5,
+        drain_idle_s=0.05,
+        ack_timeout_s=2.0,
+    )
+    assert settings.store_dir is not None and settings.outbox_path is not None
+    store = ModelStore(
+        settings.store_dir,
+        RegistryClient(registry_url, TOKEN, timeout_s=10),
+        public_key=load_public_key(public_key) if public_key else None,
+    )
+    return EdgeAgent(
+        settings,
+        connect=connect,
+        store=store,
+        outbox=Outbox(settings.outbox_path),
+        metrics=EdgeMetrics(CollectorRegistry()),
+        **({"clock": clock} if clock else {}),
+    )
+
+
+def routing(
+    line: str,
+    generation: int,
+    stable: str,
+    canary: str | None = None,
+    edge_wave: int = 0,
+) -> Routing:
+    r = Routing(
+        line=line,
+        generation=generation,
+        stable=ModelRef(name=MODEL, version=stable),
+        edge_wave=edge_wave,
+    )
+    if canary is not None:
+        r.canary.CopyFrom(ModelRef(name=MODEL, version=canary))
+        r.canary_weight_bps = 1000
+    return r
+
+
+def publish_routing(bus: EventBus, r: Routing) -> None:
+    bus.publish(ROUTING, r).result(30)
+
+
+def wait_for(check: Callable[[], object], what: str, timeout: float = WAIT_S) -> None:
+    poll_until(lambda: bool(check()), timeout=timeout, what=what, interval=0.05)
+
+
+def loaded_version(agent: EdgeAgent) -> str | None:
+    loaded = agent.loaded
+    return loaded.version if loaded else None
+
+
+def local_bus(directory: Path) -> EventBus:
+    bus = build_bus(
+        BusSettings(backend="local", local=LocalBusSettings(directory=directory)),
+        "edge-test",
+        CollectorRegistry(),
+    )
+    bus.ensure_topics([*FOLLOWED, *PRODUCED])
+    return bus
+
+
+def read_all(bus: EventBus, topic: Any, expected: int, line: str) -> list[Event[Any]]:
+    """Every event of ``line`` on ``topic`` from the start: at least ``expected`` of them, then
+    until a poll finds nothing more (so that a late duplicate would be seen too)."""
+    seen: list[Event[Any]] = []
+
+    def handle(event: Event[Any]) -> None:
+        if event.message.line == line:
+            seen.append(event)
+
+    with bus.consumer(f"reader-{os.urandom(4).hex()}", [topic], handle) as consumer:
+        wait_for(
+            lambda: consumer.poll_once(1.0) >= 0 and len(seen) >= expected,
+            f"{expected} events of {line}",
+        )
+        while consumer.poll_once(2.0):
+            pass
+    return seen
+
+
+def first_event(bus: EventBus, topic: Any, match: Callable[[Any], bool]) -> Any:
+    """The first message on ``topic`` (from the start) that ``match`` accepts."""
+    found: list[Any] = []
+
+    def handle(event: Event[Any]) -> None:
+        if not found and match(event.message):
+            found.append(event.message)
+
+    with bus.consumer(f"reader-{os.urandom(4).hex()}", [topic], handle) as consumer:
+        wait_for(lambda: consumer.poll_once(0.5) >= 0 and found, f"a matching {topic.name}")
+    return found[0]
+
+
+# --- (a) offline for ten minutes -------------------------------------------------------------
+
+
+@pytest.fixture
+def dedicated_broker(harness_cache_dir: Path, tmp_path: Path) -> Iterator[KafkaBroker]:
+    """A broker of this test's own: it is killed and restarted, which the session's broker that
+    other tests share must never be."""
+    broker = KafkaBroker(harness_cache_dir, tmp_path / "kafka")
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+def test_offline_ten_minutes_every_event_delivered_once_in_order(
+    dedicated_broker: KafkaBroker,
+    edge_models: EdgeModels,
+    proxy: Proxy,
+    tmp_path: Path,
+) -> None:
+    line = "edge-line-a"
+    kafka = BusSettings(
+        backend="kafka",
+        partitions=2,
+        kafka=KafkaSettings(
+            bootstrap_servers=dedicated_broker.bootstrap_servers,
+            request_timeout_ms=5_000,
+            delivery_timeout_s=10.0,
+        ),
+    )
+
+    def connect() -> EventBus:
+        bus = build_bus(kafka, "edge", CollectorRegistry())
+        bus.ensure_topics([*FOLLOWED, *PRODUCED])
+        return bus
+
+    control = connect()
+    publish_routing(control, routing(line, 1, edge_models.versions["pass-1"]))
+    control.close()
+    clock = FakeClock(T0)
+    expected: list[str] = []
+    first = make_agent(tmp_path, connect, proxy.url, line=line, clock=clock)
+    first.start()
+    try:
+        wait_for(lambda: loaded_version(first) == edge_models.versions["pass-1"], "model v1")
+        for i in range(3):
+            expected.append(first.inspect(png(i), captured_at=clock()).inspection_id)
+        wait_for(lambda: first.outbox.depth() == 0, "online events acknowledged")
+
+        dedicated_broker.kill()
+        for i in range(60):  # five simulated minutes, one image every 5 s
+            event = first.inspect(png(100 + i), captured_at=clock.advance(timedelta(seconds=5)))
+            assert event.decision == DECISION_PASS
+            expected.append(event.inspection_id)
+        assert first.outbox.depth() == 60
+        wait_for(lambda: "cannot drain" in first.last_error, "drain failure reported")
+        beat = first.heartbeat()
+        assert beat.state == EDGE_NODE_STATE_DEGRADED
+        assert beat.outbox_depth == 60
+        assert beat.oldest_outbox_at.ToDatetime(UTC) == T0 + timedelta(seconds=5)
+        assert beat.loaded_model.version == edge_models.versions["pass-1"]
+    finally:
+        first.close()
+        first.outbox.close()
+
+    # The line PC restarts while the network is still down: the outbox and the model are on
+    # disk, so it inspects at once; the bus is connected when it comes back.
+    second = make_agent(tmp_path, connect, proxy.url, line=line, clock=clock)
+    proxy.offline = True  # and the registry is unreachable too
+    second.start()
+    try:
+        assert loaded_version(second) == edge_models.versions["pass-1"]
+        assert second.outbox.depth() == 60
+        for i in range(60):  # five more simulated minutes
+            event = second.inspect(png(200 + i), captured_at=clock.advance(timedelta(seconds=5)))
+            assert event.decision == DECISION_PASS
+            expected.append(event.inspection_id)
+        assert clock() - T0 == timedelta(minutes=10)
+        beat = second.heartbeat()
+        assert beat.outbox_depth == 120
+        assert beat.oldest_outbox_at.ToDatetime(UTC) == T0 + timedelta(seconds=5)
+
+        dedicated_broker.start()
+        wait_for(lambda: second.outbox.depth() == 0, "outbox drained after reconnecting", 180)
+        assert second.heartbeat().outbox_depth == 0
+        assert not second.heartbeat().HasField("oldest_outbox_at")
+        wait_for(lambda: second.state() == EDGE_NODE_STATE_READY, "READY again")
+    finally:
+        second.close()
+        second.outbox.close()
+
+    reader = connect()
+    try:
+        delivered = read_all(reader, INSPECTIONS, len(expected), line)
+    finally:
+        reader.close()
+    ids = [e.envelope.event_id for e in delivered]
+    duplicates = len(ids) - len(set(ids))
+    assert duplicates == 0, f"{duplicates} events delivered more than once"
+    assert ids == expected, "events missing or out of order"
+    assert [e.message.inspection_id for e in delivered] == expected
+    # Each event keeps its capture time, ten simulated minutes of them.
+    captured = [e.message.captured_at.ToDatetime(UTC) for e in delivered]
+    assert captured[-1] - captured[3] == timedelta(seconds=5 * 119)
+
+
+# --- (b) a tampered artifact -------------------------------------------------------------------
+
+
+def test_a_tampered_artifact_is_refused_and_the_old_model_keeps_answering(
+    edge_models: EdgeModels, proxy: Proxy, tmp_path: Path
+) -> None:
+    line = "edge-line-b"
+    bus = local_bus(tmp_path / "bus")
+    agent = make_agent(tmp_path, lambda: local_bus(tmp_path / "bus"), proxy.url, line=line)
+    agent.start()
+    try:
+        assert agent.state() == EDGE_NODE_STATE_FALLBACK
+        good = edge_models.versions["pass-1"]
+        bad = edge_models.versions["reject"]
+        publish_routing(bus, routing(line, 1, good))
+        wait_for(lambda: loaded_version(agent) == good, "first model")
+        assert agent.inspect(png(1)).decision == DECISION_PASS
+
+        proxy.tamper.add(edge_models.int8_sha256[bad])
+        publish_routing(bus, routing(line, 2, bad))
+        wait_for(lambda: "hashes to" in agent.last_error, "the refusal")
+        assert agent.state() == EDGE_NODE_STATE_DEGRADED
+        rejections = agent.metrics.artifact_rejections.labels(line=line, reason="sha256")
+        assert rejections._value.get() >= 1
+        assert agent.metrics.degraded.labels(line=line)._value.get() in (0, 1)
+        # The old model is still the one that answers, and nothing of the new one is on disk.
+        event = agent.inspect(png(2))
+        assert event.decision == DECISION_PASS and event.model.version == good
+        assert event.routing_generation == 1
+        assert agent.store.find(MODEL, bad) is None
+        beat = agent.heartbeat()
+        assert beat.loaded_model.version == good and beat.routing_generation == 1
+        assert beat.loaded_model_sha256 == edge_models.int8_sha256[good]
+        assert beat.state == EDGE_NODE_STATE_DEGRADED and "hashes to" in beat.last_error
+        # ... and the heartbeats on the bus say so.
+        beat_on_bus = first_event(
+            bus,
+            EDGE_HEARTBEATS,
+            lambda b: b.line == line and b.state == EDGE_NODE_STATE_DEGRADED,
+        )
+        assert isinstance(beat_on_bus, EdgeHeartbeat)
+        assert beat_on_bus.loaded_model.version == good and "hashes to" in beat_on_bus.last_error
+
+        # The mirror is repaired: the retry installs the genuine artifact.
+        proxy.tamper.clear()
+        wait_for(lambda: loaded_version(agent) == bad, "the genuine artifact after a retry")
+        wait_for(lambda: agent.state() == EDGE_NODE_STATE_READY, "READY")
+        assert agent.inspect(png(3)).decision == DECISION_REJECT
+        wait_for(lambda: agent.outbox.depth() == 0, "inspections delivered")
+    finally:
+        agent.close()
+        agent.outbox.close()
+        bus.close()
+
+
+# --- (c) canary and rollback ------------------------------------------------------------------
+
+
+def test_routing_swaps_to_the_canary_and_rolls_back_from_disk(
+    edge_models: EdgeModels, proxy: Proxy, tmp_path: Path
+) -> None:
+    line = "edge-line-c"
+    stable = edge_models.versions["pass-2"]
+    canary = edge_models.versions["reject"]
+    bus = local_bus(tmp_path / "bus")
+    agent = make_agent(
+        tmp_path,
+        lambda: local_bus(tmp_path / "bus"),
+        proxy.url,
+        line=line,
+        public_key=edge_models.public_key,  # signatures checked on the way
+    )
+    agent.start()
+    try:
+        publish_routing(bus, routing(line, 1, stable))
+        wait_for(lambda: loaded_version(agent) == stable, "stable")
+        assert agent.inspect(png(1)).decision == DECISION_PASS
+        # A canary that has not reached wave 1 yet changes nothing.
+        publish_routing(bus, routing(line, 2, stable, canary=canary, edge_wave=0))
+        wait_for(lambda: agent.routing_generation == 2, "generation 2")
+        assert loaded_version(agent) == stable
+
+        publish_routing(bus, routing(line, 3, stable, canary=canary, edge_wave=1))
+        wait_for(lambda: loaded_version(agent) == canary, "canary")
+        event = agent.inspect(png(2))
+        assert event.decision == DECISION_REJECT
+        assert (event.model.version, event.model.role) == (canary, MODEL_ROLE_EDGE)
+        assert event.routing_generation == 3 and event.edge_node_id == f"{line}-pc-1"
+        previous = agent.store.previous()
+        assert previous is not None and previous.version == stable
+        current = agent.store.current()
+        assert current is not None and current.signed
+
+        # Roll back with the registry out of reach: the previous version comes from disk.
+        proxy.offline = True
+        requests_before = proxy.requests
+        publish_routing(bus, routing(line, 4, stable, canary=canary, edge_wave=0))
+        wait_for(lambda: loaded_version(agent) == stable, "rolled back")
+        assert agent.last_error == ""
+        assert proxy.requests == requests_before
+        assert agent.inspect(png(3)).decision == DECISION_PASS
+        beat = agent.heartbeat()
+        assert beat.loaded_model.version == stable and beat.previous_model.version == canary
+        assert beat.routing_generation == 4 and beat.state == EDGE_NODE_STATE_READY
+
+        # A stale routing (a replay of generation 3) is ignored; the next one is applied.
+        publish_routing(bus, routing(line, 3, stable, canary=canary, edge_wave=1))
+        publish_routing(bus, routing(line, 5, stable))
+        wait_for(lambda: agent.routing_generation == 5, "generation 5")
+        assert loaded_version(agent) == stable
+        wait_for(lambda: agent.outbox.depth() == 0, "inspections delivered")
+        delivered = read_all(bus, INSPECTIONS, 3, line)
+        assert [e.message.decision for e in delivered] == [
+            DECISION_PASS,
+            DECISION_REJECT,
+            DECISION_PASS,
+        ]
+    finally:
+        agent.close()
+        agent.outbox.close()
+        bus.close()
+    # After a restart the node serves what it served, from disk, at the applied generation.
+    again = make_agent(tmp_path, lambda: local_bus(tmp_path / "bus"), proxy.url, line=line)
+    again.start(follow=False)
+    try:
+        assert loaded_version(again) == stable and again.routing_generation == 5
+    finally:
+        again.close()
+        again.outbox.close()
