@@ -80,6 +80,7 @@ ALLOWED_LABELS: Final = frozenset(
         "line",
         "model",
         "version",
+        "decider_version",  # a model version too: which version a shadow was compared with
         "role",
         "outcome",
         "topic",

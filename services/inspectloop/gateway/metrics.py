@@ -48,11 +48,21 @@ class GatewayMetrics:
             "internal) and line.",
             ["kind", "line"],
         )
-        self.shadow_errors = metrics.counter(
-            "shadow_failures",
+        self.infer_failures = metrics.counter(
+            "infer",
             "errors",
-            "Shadow inferences that failed (never affecting a decision), by model and version.",
-            ["model", "version"],
+            "Triton inferences that failed, by model, version and role (a failed shadow never "
+            "affects a decision; a failed decider answers 503). The rollout controller's error "
+            "rate of a version.",
+            ["model", "version", "role"],
+        )
+        self.shadow_comparisons = metrics.counter(
+            "shadow",
+            "predictions",
+            "Shadow decisions compared with the deciding version's, by the shadow's model and "
+            "version, the decider's version and outcome (agree, disagree): the rollout "
+            "controller's disagreement rate.",
+            ["model", "version", "decider_version", "outcome"],
         )
         self.model_ready = metrics.gauge(
             "model_ready",

@@ -99,9 +99,13 @@ class RoutingTable:
             and ready(canary.name, canary.version)
         ):
             decider = model_ref(canary.name, canary.version, MODEL_ROLE_CANARY)
+        # A shadow that is the decider is skipped: the rollout controller shadows both the
+        # stable and the canary during a canary, so that every request compares the two.
         shadows = tuple(
             model_ref(s.name, s.version, MODEL_ROLE_SHADOW)
             for s in routing.shadows
-            if s.name and ready(s.name, s.version)
+            if s.name
+            and (s.name, s.version) != (decider.name, decider.version)
+            and ready(s.name, s.version)
         )
         return Route(decider, shadows, routing.generation)

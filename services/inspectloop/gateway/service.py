@@ -41,6 +41,7 @@ from inspectloop.gateway.routing import Route, RoutingTable
 from inspectloop.gateway.settings import GatewaySection
 from inspectloop.gateway.triton import TritonModels
 from inspectloop.v1.common_pb2 import (
+    Decision,
     ImageRef,
     ModelRef,
     ModelRole,
@@ -174,7 +175,11 @@ class InspectionGateway:
             request.image, request.content_type, self.settings.images, served.input_size
         )
         batch = image.pixels[None]
-        scores = self.triton.infer(decider.name, decider.version, batch)[0]
+        try:
+            scores = self.triton.infer(decider.name, decider.version, batch)[0]
+        except BackendUnavailableError:
+            self._count_infer_failure(decider)
+            raise
         self._observe_infer(decider, scores.seconds)
         pred = prediction(scores.probabilities, served.classes)
         decision = decision_of(pred)
@@ -214,7 +219,7 @@ class InspectionGateway:
             review_threshold=verdict.threshold,
             routing_generation=route.generation,
         )
-        event.shadow_results.extend(self._shadows(route, batch, served.classes))
+        event.shadow_results.extend(self._shadows(route, batch, served.classes, decision))
         latency = time.perf_counter() - started
         event.latency_ms = latency * 1000
         self.bus.publish(INSPECTIONS, event, event_id=event.inspection_id)
@@ -232,7 +237,11 @@ class InspectionGateway:
         )
 
     def _shadows(
-        self, route: Route, batch: npt.NDArray[np.uint8], classes: tuple[str, ...]
+        self,
+        route: Route,
+        batch: npt.NDArray[np.uint8],
+        classes: tuple[str, ...],
+        decision: Decision,
     ) -> list[ShadowResult]:
         results = []
         for shadow in route.shadows:
@@ -244,20 +253,32 @@ class InspectionGateway:
                     )
                 scores = self.triton.infer(shadow.name, shadow.version, batch)[0]
             except BackendUnavailableError as exc:
-                self.metrics.shadow_errors.labels(model=shadow.name, version=shadow.version).inc()
+                self._count_infer_failure(shadow)
                 log.warning("shadow %s v%s: %s", shadow.name, shadow.version, exc)
                 continue
             self._observe_infer(shadow, scores.seconds)
             pred = prediction(scores.probabilities, classes)
+            would_decide = decision_of(pred)
+            self.metrics.shadow_comparisons.labels(
+                model=shadow.name,
+                version=shadow.version,
+                decider_version=route.decider.version,
+                outcome="agree" if would_decide == decision else "disagree",
+            ).inc()
             results.append(
                 ShadowResult(
                     model=shadow,
                     prediction=pred,
-                    would_decide=decision_of(pred),
+                    would_decide=would_decide,
                     latency_ms=scores.seconds * 1000,
                 )
             )
         return results
+
+    def _count_infer_failure(self, model: ModelRef) -> None:
+        self.metrics.infer_failures.labels(
+            model=model.name, version=model.version, role=_role(model.role)
+        ).inc()
 
     def _observe_infer(self, model: ModelRef, seconds: float) -> None:
         self.metrics.infer_latency.labels(

@@ -55,6 +55,14 @@ class MonitorMetrics:
             "Inspections consumed, by outcome (warm_up, monitored, ignored: another model's).",
             ["line", "outcome"],
         )
+        self.feedback = metrics.counter(
+            "feedback",
+            "reviews",
+            "Operator verdicts consumed, by line, the judged model and version, and outcome "
+            "(the verdict: confirmed_defect, false_reject, escape_reported, good_confirmed): the "
+            "rollout controller's label-delayed quality of a version.",
+            ["line", "model", "version", "outcome"],
+        )
         self.alerts = metrics.counter(
             "drift_alerts",
             "events",

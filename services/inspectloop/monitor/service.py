@@ -36,7 +36,7 @@ from inspectloop.core.topics import (
 from inspectloop.monitor.line import MODE_NAMES, LineMonitor, Output
 from inspectloop.monitor.metrics import MonitorMetrics
 from inspectloop.monitor.settings import MonitorSection
-from inspectloop.v1.feedback_pb2 import OperatorFeedback
+from inspectloop.v1.feedback_pb2 import FeedbackVerdict, OperatorFeedback
 from inspectloop.v1.inspection_pb2 import InspectionEvent
 from inspectloop.v1.monitor_pb2 import (
     AlertSeverity,
@@ -154,6 +154,14 @@ class MonitorService:
                 feedback, event.envelope.event_id, event.envelope.time.timestamp()
             )
             self._publish(outputs)
+            self._metrics.feedback.labels(
+                line=monitor.line,
+                model=feedback.model.name,
+                version=feedback.model.version,
+                outcome=FeedbackVerdict.Name(feedback.verdict)
+                .removeprefix("FEEDBACK_VERDICT_")
+                .lower(),
+            ).inc()
 
     def handle_changeover(self, event: Event[ChangeoverAnnounced]) -> None:
         changeover = event.message
