@@ -7,9 +7,7 @@ like the torch model."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import sys
 import tarfile
 import time
 from collections.abc import Iterator
@@ -36,7 +34,7 @@ from inspectloop.core.topics import (
     ROUTING,
 )
 from inspectloop.devtools.harness import TritonServer
-from inspectloop.devtools.harness.process import ManagedProcess, pick_free_port
+from inspectloop.devtools.registry_process import RegistryUser, registry_process
 from inspectloop.gateway.metrics import GatewayMetrics
 from inspectloop.gateway.repository import RepositorySync
 from inspectloop.gateway.service import InspectionGateway
@@ -69,27 +67,9 @@ TOKEN = "ilr_" + "t" * 40
 @pytest.fixture(scope="module")
 def registry_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The registry service as it runs in production: its own process, on SQLite."""
-    tmp = tmp_path_factory.mktemp("registry")
-    port = pick_free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("INSPECTLOOP_")},
-        "INSPECTLOOP_DATA_DIR": str(tmp / "data"),
-        "INSPECTLOOP_REGISTRY__PORT": str(port),
-        "INSPECTLOOP_REGISTRY__CONSUME_EVENTS": "false",
-        "INSPECTLOOP_REGISTRY__BOOTSTRAP_USERS": json.dumps(
-            [{"name": "trainer", "role": "service", "token": TOKEN}]
-        ),
-    }
-    process = ManagedProcess(
-        "registry", [sys.executable, "-m", "inspectloop.registry.service"], tmp / "log", env=env
-    )
-    url = f"http://127.0.0.1:{port}"
-    process.start()
-    try:
-        process.wait_ready(lambda: httpx.get(f"{url}/readyz", timeout=2).status_code == 200, 60)
+    users = [RegistryUser("trainer", "service", TOKEN)]
+    with registry_process(tmp_path_factory.mktemp("registry"), users) as url:
         yield url
-    finally:
-        process.stop()
 
 
 @pytest.fixture

@@ -76,5 +76,31 @@ class RegistryClient:
         result: dict[str, Any] = self._call("GET", f"/v1/models/{model_name}/versions/{version}")
         return result
 
+    def transition(
+        self, model_name: str, version: int, to_stage: str, reason: str
+    ) -> dict[str, Any]:
+        """Move a version to ``to_stage``; a version already there is left as it is."""
+        current = self.version(model_name, version)
+        if current["stage"] == to_stage:
+            return current
+        result: dict[str, Any] = self._call(
+            "POST",
+            f"/v1/models/{model_name}/versions/{version}/transitions",
+            json={"to_stage": to_stage, "reason": reason, "from_stage": current["stage"]},
+        )
+        return result
+
+    def approve(
+        self, model_name: str, version: int, meaning: str, password: str, comment: str = ""
+    ) -> dict[str, Any]:
+        """Sign the version electronically (the client's token must be a quality or admin
+        user's, and ``password`` that user's)."""
+        result: dict[str, Any] = self._call(
+            "POST",
+            f"/v1/models/{model_name}/versions/{version}/approvals",
+            json={"meaning": meaning, "password": password, "comment": comment},
+        )
+        return result
+
     def close(self) -> None:
         self._http.close()
