@@ -1,0 +1,1 @@
+"""The rollout controller: metric-driven shadow, canary, promotion and rollback."""
