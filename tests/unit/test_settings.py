@@ -11,6 +11,7 @@ from pydantic.fields import FieldInfo
 
 from inspectloop.core.errors import ConfigError
 from inspectloop.core.settings import CommonSettings, Section, load_settings
+from inspectloop.rollout.settings import RolloutSettings
 
 
 @pytest.fixture(autouse=True)
@@ -156,3 +157,9 @@ def test_every_section_has_a_description() -> None:
 def test_harness_variables_are_not_mistaken_for_typos(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("INSPECTLOOP_CACHE_DIR", "/var/cache/inspectloop")
     assert load_settings(CommonSettings).service == "inspectloop"
+
+
+def test_null_unsets_an_optional_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings(RolloutSettings).rollout.analysis.max_disagreement_rate == 0.05
+    monkeypatch.setenv("INSPECTLOOP_ROLLOUT__ANALYSIS__MAX_DISAGREEMENT_RATE", "null")
+    assert load_settings(RolloutSettings).rollout.analysis.max_disagreement_rate is None

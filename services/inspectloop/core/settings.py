@@ -142,6 +142,8 @@ class CommonSettings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
         env_nested_delimiter="__",
+        # An optional setting is unset from the environment with "null" (as in JSON).
+        env_parse_none_str="null",
         extra="forbid",
         frozen=True,
     )
