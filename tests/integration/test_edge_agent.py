@@ -12,9 +12,7 @@ session's broker), or the embedded bus.
 
 from __future__ import annotations
 
-import json
 import os
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -24,9 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import pytest
-import torch
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prometheus_client import CollectorRegistry
@@ -37,15 +33,15 @@ from inspectloop.core.registry_client import RegistryClient
 from inspectloop.core.settings import BusSettings, KafkaSettings, LocalBusSettings
 from inspectloop.core.topics import EDGE_HEARTBEATS, INSPECTIONS, ROUTING
 from inspectloop.devtools.harness import KafkaBroker
-from inspectloop.devtools.harness.process import ManagedProcess, pick_free_port, poll_until
-from inspectloop.devtools.tiny_models import SPEC, png
+from inspectloop.devtools.harness.process import poll_until
+from inspectloop.devtools.registry_process import RegistryUser, registry_process
+from inspectloop.devtools.tiny_models import SPEC, png, write_edge_model
 from inspectloop.edge.agent import FOLLOWED, PRODUCED, EdgeAgent
 from inspectloop.edge.metrics import EdgeMetrics
 from inspectloop.edge.models import SIGNATURE_MEDIA_TYPE, ModelStore, load_public_key
 from inspectloop.edge.outbox import Outbox
 from inspectloop.edge.settings import EdgeSection
-from inspectloop.trainer.model import build_model
-from inspectloop.trainer.packaging import export_onnx, quantize_int8, sha256_file
+from inspectloop.trainer.packaging import sha256_file
 from inspectloop.v1.common_pb2 import DECISION_PASS, DECISION_REJECT, MODEL_ROLE_EDGE, ModelRef
 from inspectloop.v1.edge_pb2 import (
     EDGE_NODE_STATE_DEGRADED,
@@ -69,27 +65,9 @@ WAIT_S = 60.0
 @pytest.fixture(scope="module")
 def registry_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The registry service as it runs in production: its own process, on SQLite."""
-    tmp = tmp_path_factory.mktemp("edge-registry")
-    port = pick_free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("INSPECTLOOP_")},
-        "INSPECTLOOP_DATA_DIR": str(tmp / "data"),
-        "INSPECTLOOP_REGISTRY__PORT": str(port),
-        "INSPECTLOOP_REGISTRY__CONSUME_EVENTS": "false",
-        "INSPECTLOOP_REGISTRY__BOOTSTRAP_USERS": json.dumps(
-            [{"name": "edge", "role": "service", "token": TOKEN}]
-        ),
-    }
-    process = ManagedProcess(
-        "registry", [sys.executable, "-m", "inspectloop.registry.service"], tmp / "log", env=env
-    )
-    url = f"http://127.0.0.1:{port}"
-    process.start()
-    try:
-        process.wait_ready(lambda: httpx.get(f"{url}/readyz", timeout=2).status_code == 200, 60)
+    users = [RegistryUser("edge", "service", TOKEN)]
+    with registry_process(tmp_path_factory.mktemp("edge-registry"), users) as url:
         yield url
-    finally:
-        process.stop()
 
 
 @dataclass
@@ -159,19 +137,12 @@ def edge_models(registry_url: str, tmp_path_factory: pytest.TempPathFactory) -> 
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
     )
-    calibration = np.random.default_rng(0).integers(0, 255, (16, 32, 32, 3), dtype=np.uint8)
     client = RegistryClient(registry_url, TOKEN)
     versions: dict[str, str] = {}
     shas: dict[str, str] = {}
     try:
-        for label, seed, favoured in (("pass-1", 1, 0), ("pass-2", 2, 0), ("reject", 3, 3)):
-            model = build_model(SPEC, seed=seed)
-            with torch.no_grad():
-                model.head.bias.zero_()
-                model.head.bias[favoured] = 30.0
-            model.eval()
-            onnx = export_onnx(model, SPEC, work / f"{label}.onnx")
-            int8 = quantize_int8(onnx, work / f"{label}.int8.onnx", calibration)
+        for label, seed in (("pass-1", 1), ("pass-2", 2), ("reject", 3)):
+            int8 = write_edge_model(seed, work / label)
             sig = work / f"{label}.int8.onnx.sig"
             sig.write_bytes(key.sign(int8.read_bytes()))
             artifacts = []

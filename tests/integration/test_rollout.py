@@ -19,20 +19,35 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
 
 from inspectloop.core.blobstore import FilesystemBlobStore
 from inspectloop.core.bus import EventBus, build_bus
+from inspectloop.core.events import Event, Topic
 from inspectloop.core.metrics import MetricsServer, serve_metrics
 from inspectloop.core.registry_client import RegistryClient
 from inspectloop.core.settings import BusSettings, LocalBusSettings
-from inspectloop.core.topics import FEEDBACK, INSPECTIONS, LINE_MODES, MODELS, ROLLOUTS, ROUTING
+from inspectloop.core.topics import (
+    EDGE_HEARTBEATS,
+    FEEDBACK,
+    INSPECTIONS,
+    LINE_MODES,
+    MODELS,
+    ROLLOUTS,
+    ROUTING,
+)
 from inspectloop.devtools.harness import PrometheusServer
 from inspectloop.devtools.harness.process import ManagedProcess
 from inspectloop.devtools.registry_process import RegistryUser, registry_process
-from inspectloop.devtools.tiny_models import NAME, png
+from inspectloop.devtools.tiny_models import NAME, png, write_edge_model
+from inspectloop.edge.agent import FOLLOWED, PRODUCED, EdgeAgent
+from inspectloop.edge.metrics import EdgeMetrics
+from inspectloop.edge.models import ModelStore
+from inspectloop.edge.outbox import Outbox
+from inspectloop.edge.settings import EdgeSection
 from inspectloop.gateway.metrics import GatewayMetrics
 from inspectloop.gateway.service import InspectionGateway
 from inspectloop.gateway.settings import GatewaySection, TritonSettings
@@ -42,6 +57,7 @@ from inspectloop.monitor.service import MonitorService, StateStore
 from inspectloop.monitor.settings import MonitorSection
 from inspectloop.rollout.analysis import Analyzer, PrometheusSource, Thresholds
 from inspectloop.rollout.embedded import EmbeddedSource
+from inspectloop.rollout.fleet import EdgeFleet
 from inspectloop.rollout.machine import (
     APPROVE_CANARY,
     APPROVE_PRODUCTION,
@@ -51,6 +67,7 @@ from inspectloop.rollout.machine import (
 )
 from inspectloop.rollout.metrics import RolloutMetrics
 from inspectloop.rollout.service import RolloutController, RolloutStore
+from inspectloop.trainer.packaging import sha256_file
 from inspectloop.v1.common_pb2 import DECISION_REJECT, Scope
 from inspectloop.v1.feedback_pb2 import (
     FEEDBACK_VERDICT_FALSE_REJECT,
@@ -134,11 +151,20 @@ class Plant:
                 ),
             )
 
-    def register(self, version: int, stage: str = "validated") -> None:
+    def register(self, version: int, edge_model: Path) -> None:
+        sha = sha256_file(edge_model)
+        self.registry.upload_artifact(edge_model, sha)
+        artifact = {
+            "kind": "onnx_int8",
+            "sha256": sha,
+            "size_bytes": edge_model.stat().st_size,
+            "filename": "model.int8.onnx",
+        }
         record = self.registry.register_version(
             NAME,
             {
-                "stage": stage,
+                "stage": "validated",
+                "artifacts": [artifact],
                 "lineage": {
                     "dataset_snapshot_id": "tiny",
                     "dataset_sha256": "0" * 64,
@@ -172,9 +198,19 @@ class Plant:
         return str(self.registry.version(NAME, version)["stage"])
 
 
+@pytest.fixture(scope="module")
+def edge_models(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
+    """The int8 ONNX of each tiny version, as edge agents run them."""
+    work = tmp_path_factory.mktemp("edge-models")
+    return {v: write_edge_model(v, work / str(v)) for v in (1, 2, 3)}
+
+
 @pytest.fixture
 def plant(
-    tmp_path: Path, served_models: str, prometheus_server: PrometheusServer
+    tmp_path: Path,
+    served_models: str,
+    prometheus_server: PrometheusServer,
+    edge_models: dict[int, Path],
 ) -> Iterator[Plant]:
     """Version 1 in production on the line, behind a gateway and a monitor whose metrics the
     session's Prometheus scrapes; the registry holds versions 1 (production), 2 and 3."""
@@ -183,7 +219,9 @@ def plant(
         "test",
         CollectorRegistry(),
     )
-    bus.ensure_topics([INSPECTIONS, FEEDBACK, ROUTING, LINE_MODES, MODELS, ROLLOUTS])
+    bus.ensure_topics(
+        [INSPECTIONS, FEEDBACK, ROUTING, LINE_MODES, MODELS, ROLLOUTS, EDGE_HEARTBEATS]
+    )
     gateway_registry, monitor_registry = CollectorRegistry(), CollectorRegistry()
     settings = GatewaySection(
         model_name=NAME,
@@ -222,12 +260,12 @@ def plant(
         quality = RegistryClient(url, QUALITY_TOKEN)
         scraped = [f"http://{t}/metrics" for t in targets]
         plant = Plant(bus, gateway, registry, quality, url, scraped)
-        plant.register(1)
+        plant.register(1, edge_models[1])
         plant.sign(1)
         for stage in ("shadow", "canary", "production"):
             registry.transition(NAME, 1, stage, "the line's first model")
-        plant.register(2)
-        plant.register(3)
+        plant.register(2, edge_models[2])
+        plant.register(3, edge_models[3])
         try:
             yield plant
         finally:
@@ -259,7 +297,11 @@ def start_controller(
 ) -> Iterator[Callable[..., Controller]]:
     started: list[Controller] = []
 
-    def start(thresholds: Thresholds = THRESHOLDS, source: str = "prometheus") -> Controller:
+    def start(
+        thresholds: Thresholds = THRESHOLDS,
+        source: str = "prometheus",
+        fleet: EdgeFleet | None = None,
+    ) -> Controller:
         analysis_source = (
             PrometheusSource(prometheus_server.url)
             if source == "prometheus"
@@ -271,9 +313,10 @@ def start_controller(
             analysis_interval_s=INTERVAL_S,
             bus=plant.bus,
             registry=RegistryClient(plant.registry_url, SERVICE_TOKEN),
-            analyzer=Analyzer(analysis_source, thresholds),
+            analyzer=Analyzer(analysis_source, thresholds, fleet),
             store=store,
             metrics=RolloutMetrics(CollectorRegistry()),
+            fleet=fleet,
         )
         stop = threading.Event()
         thread = threading.Thread(target=controller.run, args=(stop, 0.2), daemon=True)
@@ -297,15 +340,17 @@ def drive(plant: Plant, until: Callable[[], bool], timeout: float, what: str) ->
         plant.traffic()
 
 
-def rollout_events(bus: EventBus) -> list[RolloutEvent]:
-    events: list[RolloutEvent] = []
-    consumer = bus.consumer(
-        f"check-{uuid.uuid4().hex[:6]}", [ROLLOUTS], lambda e: events.append(e.message)
-    )
-    while consumer.poll_once(0.2):
-        pass
-    consumer.close()
+def read_topic(bus: EventBus, topic: Topic[Any]) -> list[Event[Any]]:
+    """Everything on ``topic`` so far, from the start."""
+    events: list[Event[Any]] = []
+    with bus.consumer(f"check-{uuid.uuid4().hex[:6]}", [topic], events.append) as consumer:
+        while consumer.poll_once(0.2):
+            pass
     return events
+
+
+def rollout_events(bus: EventBus) -> list[RolloutEvent]:
+    return [e.message for e in read_topic(bus, ROLLOUTS)]
 
 
 def phase_of(controller: Controller, version: int) -> Phase | None:
@@ -525,3 +570,73 @@ def test_the_rollout_waits_for_each_signature(
     drive(plant, lambda: phase_of(controller, 2) is Phase.PRODUCTION, 90, "the promotion")
     signed = [e for e in rollout_events(plant.bus) if e.approval_id]
     assert len(signed) == 2  # the canary and the promotion name their signatures
+
+
+def edge_agent(tmp_path: Path, plant: Plant, wave: int) -> EdgeAgent:
+    """A line PC of ``wave`` on the plant's bus, pulling from the plant's registry."""
+    settings = EdgeSection(
+        node_id=f"{LINE}-pc-{wave}",
+        line=LINE,
+        wave=wave,
+        model_name=NAME,
+        registry_url=plant.registry_url,
+        store_dir=tmp_path / f"pc-{wave}" / "models",
+        outbox_path=tmp_path / f"pc-{wave}" / "outbox.sqlite3",
+        heartbeat_interval_s=0.3,
+        loop_interval_s=0.05,
+        sync_retry_s=0.5,
+    )
+    assert settings.store_dir is not None and settings.outbox_path is not None
+
+    def connect() -> EventBus:
+        bus = build_bus(
+            BusSettings(backend="local", local=LocalBusSettings(directory=tmp_path / "bus")),
+            f"edge-{wave}",
+            CollectorRegistry(),
+        )
+        bus.ensure_topics([*FOLLOWED, *PRODUCED])
+        return bus
+
+    return EdgeAgent(
+        settings,
+        connect=connect,
+        store=ModelStore(settings.store_dir, RegistryClient(plant.registry_url, SERVICE_TOKEN)),
+        outbox=Outbox(settings.outbox_path),
+        metrics=EdgeMetrics(CollectorRegistry()),
+    )
+
+
+def test_edge_nodes_take_the_candidate_wave_by_wave(
+    plant: Plant, start_controller: Callable[..., Controller], tmp_path: Path
+) -> None:
+    agents = [edge_agent(tmp_path, plant, wave) for wave in (1, 2)]
+    for agent in agents:
+        agent.start()
+    try:
+        controller = start_controller(fleet=EdgeFleet(stale_after_s=30))
+        plant.sign(2)
+        plant.announce(2)
+        drive(plant, lambda: phase_of(controller, 2) is Phase.PRODUCTION, 150, "the promotion")
+        assert [loaded_version(a) for a in agents] == ["2", "2"]
+    finally:
+        for agent in agents:
+            agent.close()
+    # The heartbeats tell the order: wave 1 ran version 2 before wave 2 did, and each step
+    # waited for its wave (the edge check passed in the analyses that moved the rollout on).
+    beats = [e.message for e in read_topic(plant.bus, EDGE_HEARTBEATS)]
+    first_on_2 = {
+        wave: min(
+            i for i, b in enumerate(beats) if b.wave == wave and b.loaded_model.version == "2"
+        )
+        for wave in (1, 2)
+    }
+    assert first_on_2[1] < first_on_2[2]
+    edge_checks = [
+        c for e in rollout_events(plant.bus) for c in e.analysis if c.metric == "edge_wave_loaded"
+    ]
+    assert edge_checks and all(c.result == 1 for c in edge_checks)  # ANALYSIS_RESULT_PASS
+
+
+def loaded_version(agent: EdgeAgent) -> str | None:
+    loaded = agent.loaded
+    return loaded.version if loaded else None

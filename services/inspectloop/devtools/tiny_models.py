@@ -17,13 +17,36 @@ import numpy as np
 import torch
 from PIL import Image
 
-from inspectloop.trainer.model import ModelSpec, build_model
-from inspectloop.trainer.packaging import export_onnx, write_triton_python_entry
+from inspectloop.trainer.model import InspectionCNN, ModelSpec, build_model
+from inspectloop.trainer.packaging import export_onnx, quantize_int8, write_triton_python_entry
 
 SPEC = ModelSpec(input_size=32, width_multiplier=0.25, embedding_dim=16)
 NAME = "gateway_tiny"
 PASSES = ("1", "2")
 REJECTS = "3"
+
+
+# The class each version's head favours: 0 is "good" (pass), 3 a defect (reject).
+FAVOURED_CLASS = {1: 0, 2: 0, 3: 3}
+
+
+def tiny_model(version: int, spec: ModelSpec = SPEC) -> InspectionCNN:
+    """Version ``version`` (1-3) as a torch module in eval mode."""
+    model = build_model(spec, seed=version)
+    with torch.no_grad():
+        model.head.bias.zero_()
+        model.head.bias[FAVOURED_CLASS[version]] = 30.0
+    return model.eval()
+
+
+def write_edge_model(version: int, work: Path, spec: ModelSpec = SPEC) -> Path:
+    """Version ``version`` as the int8 ONNX an edge agent runs."""
+    work.mkdir(parents=True, exist_ok=True)
+    onnx_path = export_onnx(tiny_model(version, spec), spec, work / f"tiny-{version}.onnx")
+    calibration = np.random.default_rng(0).integers(
+        0, 255, (16, spec.input_size, spec.input_size, 3), dtype=np.uint8
+    )
+    return quantize_int8(onnx_path, work / f"tiny-{version}.int8.onnx", calibration)
 
 
 def write_models(
@@ -36,13 +59,8 @@ def write_models(
     dynamic_batching: bool = True,
 ) -> None:
     """Versions 1-3 of ``name`` into a Triton repository (load them with ``load_model``)."""
-    for version, favoured in ((1, 0), (2, 0), (3, 3)):
-        model = build_model(spec, seed=version)
-        with torch.no_grad():
-            model.head.bias.zero_()
-            model.head.bias[favoured] = 30.0
-        model.eval()
-        onnx_path = export_onnx(model, spec, work / f"{name}-{version}.onnx")
+    for version in FAVOURED_CLASS:
+        onnx_path = export_onnx(tiny_model(version, spec), spec, work / f"{name}-{version}.onnx")
         write_triton_python_entry(
             repository,
             name,

@@ -21,12 +21,15 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import httpx
 
 from inspectloop.core.errors import BackendUnavailableError
 from inspectloop.rollout.machine import Check, Phase, RolloutStatus, Verdict
+
+if TYPE_CHECKING:
+    from inspectloop.rollout.fleet import EdgeFleet
 
 Matchers = Mapping[str, Sequence[str]]  # label -> any of these values
 
@@ -130,11 +133,15 @@ class Thresholds:
 
 
 class Analyzer:
-    """The checks of a rollout's phase, measured through ``source``."""
+    """The checks of a rollout's phase, measured through ``source``; with ``fleet``, also the
+    edge nodes' progress through the waves."""
 
-    def __init__(self, source: MetricsSource, thresholds: Thresholds) -> None:
+    def __init__(
+        self, source: MetricsSource, thresholds: Thresholds, fleet: EdgeFleet | None = None
+    ) -> None:
         self.source = source
         self.limits = thresholds
+        self.fleet = fleet
 
     def checks(self, status: RolloutStatus) -> tuple[Check, ...]:
         """Raises BackendUnavailableError when the source is down."""
@@ -145,6 +152,9 @@ class Analyzer:
             checks.append(self._disagreement(model, new, old, self.limits.max_disagreement_rate))
         if status.phase is not Phase.SHADOW:  # a shadow decides nothing operators could judge
             checks += [self._false_rejects(model, new), self._escapes(model, new)]
+        edge = self.fleet.check(status) if self.fleet is not None else None
+        if edge is not None:
+            checks.append(edge)
         return tuple(checks)
 
     # --- the checks ----------------------------------------------------------------------------

@@ -30,8 +30,9 @@ from inspectloop.core.errors import (
 )
 from inspectloop.core.events import Event
 from inspectloop.core.registry_client import RegistryClient
-from inspectloop.core.topics import MODELS, ROLLOUTS, ROUTING
+from inspectloop.core.topics import EDGE_HEARTBEATS, MODELS, ROLLOUTS, ROUTING
 from inspectloop.rollout.analysis import Analyzer
+from inspectloop.rollout.fleet import EdgeFleet
 from inspectloop.rollout.machine import (
     ANALYSED_PHASES,
     Action,
@@ -64,7 +65,7 @@ from inspectloop.v1.rollout_pb2 import (
 
 log = logging.getLogger(__name__)
 
-CONSUMED = (MODELS,)
+CONSUMED = (MODELS, EDGE_HEARTBEATS)
 PRODUCED = (ROUTING, ROLLOUTS)
 GROUP = "rollout"
 ACTOR = "rollout-controller"
@@ -155,6 +156,7 @@ class RolloutController:
         store: RolloutStore,
         metrics: RolloutMetrics,
         recorder: RolloutRecorder | None = None,
+        fleet: EdgeFleet | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.policy = policy
@@ -165,6 +167,7 @@ class RolloutController:
         self._store = store
         self._metrics = metrics
         self._recorder = recorder
+        self._fleet = fleet
         self._clock = clock
         # A restarted controller judges its first interval afresh, one interval from now.
         self._last_analysis: dict[str, float] = {}
@@ -172,6 +175,10 @@ class RolloutController:
     # --- the models topic ------------------------------------------------------------------
 
     def handle(self, event: Event[Any]) -> None:
+        if event.topic == EDGE_HEARTBEATS.name:
+            if self._fleet is not None:
+                self._fleet.observe(event.message)
+            return
         version: ModelVersion = event.message
         if version.stage != MODEL_STAGE_VALIDATED:
             return
@@ -411,15 +418,17 @@ def main() -> None:
 
         recorder = ModelRolloutRecorder(section.kubernetes_namespace)
     token = section.registry_token
+    fleet = EdgeFleet(section.edge_stale_after_s)
     controller = RolloutController(
         policy=section.policy(),
         analysis_interval_s=section.analysis.interval_s,
         bus=bus,
         registry=RegistryClient(section.registry_url, token.get_secret_value() if token else None),
-        analyzer=Analyzer(source, section.analysis.thresholds()),
+        analyzer=Analyzer(source, section.analysis.thresholds(), fleet),
         store=RolloutStore(section.state_path),
         metrics=RolloutMetrics(registry),
         recorder=recorder,
+        fleet=fleet,
     )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -11,7 +11,6 @@ from inspectloop.core.settings import CommonSettings, Section
 from inspectloop.rollout.analysis import Thresholds
 from inspectloop.rollout.machine import APPROVE_CANARY, APPROVE_PRODUCTION, Policy
 
-
 SignedStage = Literal["canary", "production"]
 
 
@@ -135,6 +134,12 @@ class RolloutSection(Section):
     )
     edge_waves: int = Field(
         default=2, ge=1, description="Waves of edge nodes; canary step i runs on waves <= i+1."
+    )
+    edge_stale_after_s: float = Field(
+        default=90.0,
+        gt=0,
+        description="An edge node whose last heartbeat is older than this is left out of the "
+        "wave check (a switched-off PC must not hold a rollout).",
     )
     tick_s: float = Field(
         default=1.0, gt=0, description="Seconds between the controller's checks of its rollouts."
