@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import signal
@@ -318,6 +319,18 @@ def test_sigkilled_consumer_batch_is_redelivered_and_deduplicated(bus_env: BusEn
     assert duplicates >= handled_before_kill
 
 
+def read_back(bus: EventBus, topic: Topic[Any], wanted: set[str], timeout: float) -> list[str]:
+    """Event ids a fresh group reads within ``timeout`` (or once it has all of ``wanted``)."""
+    seen: list[str] = []
+    group = f"verify-{uuid.uuid4().hex[:6]}"
+    with (
+        bus.consumer(group, [topic], lambda e: seen.append(e.envelope.event_id)) as reader,
+        contextlib.suppress(AssertionError),
+    ):
+        drain(reader, lambda: wanted <= set(seen), timeout=timeout)
+    return seen
+
+
 def test_crash_mid_stream_loses_no_acknowledged_event(bus_env: BusEnv) -> None:
     bus = bus_env.bus()
     topic = new_topic()
@@ -345,20 +358,15 @@ def test_crash_mid_stream_loses_no_acknowledged_event(bus_env: BusEnv) -> None:
             acked.add(line.split()[1])
     assert len(acked) >= 500
 
-    consumed: list[str] = []
-    with bus.consumer(
-        f"verify-{uuid.uuid4().hex[:6]}", [topic], lambda e: consumed.append(e.envelope.event_id)
-    ) as consumer:
-        # A deadline, not a wait: after the restart the group coordinator loads its log first,
-        # which on a busy 2-core machine once took longer than 120 s.
-        try:
-            drain(consumer, lambda: acked <= set(consumed), timeout=300)
-        except AssertionError as exc:
-            # Tells a slow consumer from lost events when this fails.
-            missing = len(acked - set(consumed))
-            raise AssertionError(
-                f"{exc}: consumed {len(consumed)}, {missing} of {len(acked)} acknowledged missing"
-            ) from exc
+    # Read back through a bus built after the restart, by a fresh group, and by another fresh
+    # one if that one stays idle: after the restart the group coordinator loads its log first
+    # (once over 120 s on a busy 2-core machine), and one CI run saw a single reader get nothing
+    # in 300 s (the test passed alone afterwards). Lost events stay missing from every reader.
+    reader_bus = bus_env.bus()
+    for _ in range(5):
+        consumed = read_back(reader_bus, topic, acked, timeout=90)
+        if acked <= set(consumed):
+            break
     assert acked <= set(consumed), f"lost {len(acked - set(consumed))} acknowledged events"
     assert len(consumed) == len(set(consumed)), "the idempotent producer wrote duplicates"
 
