@@ -1,0 +1,1 @@
+"""The plant-story demo: timeline recording and the end-of-run report."""
