@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +26,14 @@ class RegistryUser:
 
 @contextmanager
 def registry_process(
-    work: Path, users: list[RegistryUser], *, ready_timeout_s: float = 60
+    work: Path,
+    users: list[RegistryUser],
+    *,
+    settings: Mapping[str, str] | None = None,
+    ready_timeout_s: float = 60,
 ) -> Iterator[str]:
-    """Start the registry with these accounts under ``work``; yields its base URL."""
+    """Start the registry with these accounts under ``work``; yields its base URL. ``settings``:
+    more ``INSPECTLOOP_REGISTRY__...`` variables."""
     port = pick_free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("INSPECTLOOP_")},
@@ -38,6 +43,7 @@ def registry_process(
         "INSPECTLOOP_REGISTRY__BOOTSTRAP_USERS": json.dumps(
             [{k: v for k, v in u.__dict__.items() if v is not None} for u in users]
         ),
+        **(settings or {}),
     }
     process = ManagedProcess(
         "registry", [sys.executable, "-m", "inspectloop.registry.service"], work / "log", env=env

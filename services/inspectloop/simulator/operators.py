@@ -125,7 +125,8 @@ class OperatorSimulator:
             line=inspection.line,
             station=inspection.station,
             sku=inspection.sku,
-            label_design=inspection.label_design,
+            # The operator sees which label is in front of them, announced or not.
+            label_design=inspection.label_design or truth.design,
             image=inspection.image,
             verdict=verdict,  # type: ignore[arg-type]
             defect_class=defect_class,

@@ -18,6 +18,7 @@ from typing import Protocol
 import grpc
 
 from inspectloop.core.errors import BackendUnavailableError, PermanentError, TransientError
+from inspectloop.v1.common_pb2 import DECISION_REJECT
 from inspectloop.v1.inspect_service_pb2 import InspectRequest, InspectResponse
 from inspectloop.v1.inspect_service_pb2_grpc import InspectStub
 
@@ -97,6 +98,13 @@ CREATE INDEX IF NOT EXISTS truth_by_inspection ON truth (inspection_id);
 """
 
 
+@dataclass(frozen=True)
+class AnsweredUnit:
+    defective: bool
+    rejected: bool
+    human_review: bool
+
+
 class GroundTruthStore:
     """Truth per simulated unit in SQLite, shared by the line and operator simulators."""
 
@@ -164,6 +172,25 @@ class GroundTruthStore:
                 tuple(where.values()),
             ).fetchone()
         return int(row[0])
+
+    def answered(
+        self, line: str, since_s: float = 0.0, until_s: float = float("inf")
+    ) -> list[AnsweredUnit]:
+        """The line's units sent in ``[since_s, until_s)`` that got an answer."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT defect_class, decision, human_review FROM truth WHERE line = ? AND "
+                "decision IS NOT NULL AND sent_at_s >= ? AND sent_at_s < ?",
+                (line, since_s, until_s),
+            ).fetchall()
+        return [
+            AnsweredUnit(
+                defective=defect != "good",
+                rejected=decision == str(DECISION_REJECT),
+                human_review=bool(review),
+            )
+            for defect, decision, review in rows
+        ]
 
     def close(self) -> None:
         self._conn.close()

@@ -1,0 +1,98 @@
+"""The demo's headline figures, from the simulator's ground truth and the timeline's marks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from inspectloop.demo.run import headline, outcomes
+from inspectloop.demo.timeline import Mark, Sample, Timeline
+from inspectloop.simulator.traffic import GroundTruthStore, UnitTruth
+from inspectloop.v1.common_pb2 import DECISION_PASS, DECISION_REJECT, ModelRef
+from inspectloop.v1.inspect_service_pb2 import InspectResponse
+
+
+@pytest.fixture
+def truth(tmp_path: Path) -> GroundTruthStore:
+    store = GroundTruthStore(tmp_path / "truth.sqlite")
+    # (sent at, defect, decision, reviewed) on line-1: redesign at 100, manual at 110,
+    # the new model at 100% from 300.
+    units = [
+        (50, "good", DECISION_PASS, False),
+        (60, "scratch", DECISION_REJECT, False),
+        (101, "good", DECISION_REJECT, False),  # a false reject after the redesign
+        (105, "scratch", DECISION_PASS, False),  # an escape before detection
+        (108, "good", DECISION_PASS, False),
+        (120, "scratch", DECISION_PASS, True),  # reviewed: caught by the operator
+        (310, "good", DECISION_PASS, False),
+        (320, "good", DECISION_REJECT, False),
+        (330, "good", DECISION_PASS, False),
+        (340, "good", DECISION_PASS, False),
+    ]
+    for i, (t, defect, decision, reviewed) in enumerate(units):
+        request_id = f"r{i}"
+        store.record(
+            UnitTruth(
+                request_id, "line-1", "SKU-01", "B", "gs1-dm", defect, 0.5, "0" * 64, float(t)
+            )
+        )
+        store.record_response(
+            request_id,
+            InspectResponse(
+                decision=decision,
+                human_review_required=reviewed,
+                inspection_id=f"i{i}",
+                model=ModelRef(name="m", version="1"),
+            ),
+        )
+    store.record(
+        UnitTruth("unanswered", "line-1", "SKU-01", "B", "gs1-dm", "good", 0.0, "0" * 64, 200.0)
+    )
+    return store
+
+
+def test_outcomes_count_by_the_ground_truth(truth: GroundTruthStore) -> None:
+    assert outcomes(truth, "line-1") == {
+        "inspections": 10,
+        "reviews": 1,
+        "false_rejects": 2,
+        "escapes": 1,
+    }
+    assert outcomes(truth, "line-1", 100, 110)["inspections"] == 3
+    assert outcomes(truth, "line-2")["inspections"] == 0
+
+
+def test_headline_from_marks_and_truth(truth: GroundTruthStore) -> None:
+    timeline = Timeline(
+        scenario="s",
+        redesign_line="line-1",
+        redesign_at=100.0,
+        samples=[Sample(0, "line-1", "auto", "1", "", 0, {}, {}, 0, 0, 0, 0)],
+        marks=[
+            Mark(30, "line-1", "mode", "guarded: new model watched"),  # before the redesign
+            Mark(110, "line-1", "mode", "manual: feature_mmd and reject rate"),
+            Mark(250, "line-1", "rollout", "v2 canary: canary step 1/2"),
+            Mark(300, "line-1", "rollout", "v2 production_watch: promoted"),
+        ],
+    )
+    h = headline(timeline, truth)
+    assert h.inspections_until_detection == 3  # units sent at 101, 105, 108
+    assert h.seconds_to_new_model_at_100 == 200
+    assert h.escapes_during_transition == 1
+    assert h.inspections_after_recovery == 4
+    assert h.false_reject_rate_after_recovery == pytest.approx(0.25)
+    assert h.human_reviews == 1
+    assert h.goals["detection_within_200_inspections"]
+    assert not h.goals["zero_escapes_during_transition"]
+
+
+def test_no_promotion_leaves_the_recovery_figures_unknown(truth: GroundTruthStore) -> None:
+    timeline = Timeline(
+        scenario="s", redesign_line="line-1", redesign_at=100.0, samples=[], marks=[]
+    )
+    h = headline(timeline, truth)
+    assert h.inspections_until_detection is None
+    assert h.seconds_to_new_model_at_100 is None
+    assert h.false_reject_rate_after_recovery is None
+    assert not any(h.goals.values())
