@@ -181,6 +181,7 @@ def test_retrain_request_to_registered_version_served_by_triton(
         while not announced and time.monotonic() < deadline:
             consumer.poll_once(1.0)
     assert announced[0].version == "1"
+    assert list(announced[0].scope.lines) == ["line-1"]  # where the rollout will take it
     assert announced[0].stage == (
         MODEL_STAGE_VALIDATED if result.stage == "validated" else MODEL_STAGE_REJECTED
     )

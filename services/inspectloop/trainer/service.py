@@ -423,6 +423,8 @@ class TrainerService:
             input_height=spec.input_size,
         )
         event.gate_results.extend(g.to_proto() for g in gates)
+        # Where the version applies: the rollout controller rolls it out on these lines.
+        event.scope.CopyFrom(request.scope)
         event.lineage.dataset_snapshot_id = snapshot_id
         event.lineage.retrain_request_id = request.request_id
         event.lineage.parent_version = str(parent_version or "")
