@@ -23,33 +23,10 @@ def demo(
     """Run the plant story from SEED.txt on the embedded defaults: train, detect the redesign,
     retrain, roll out, recover; then write the report."""
     # Torch, Ray and the services load only when the demo runs, not with every CLI command.
-    from inspectloop.demo.report import write_report  # noqa: PLC0415
     from inspectloop.demo.run import DemoConfig, run_demo  # noqa: PLC0415
 
     logging.basicConfig(
         level=logging.INFO if verbose else logging.ERROR,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    timeline = run_demo(DemoConfig(work=work_dir, timeout_s=timeout_s), echo=typer.echo)
-    timeline.to_json(work_dir / "timeline.json")
-    report = write_report(timeline, work_dir / "report")
-    h = timeline.headline
-    if h is not None:
-        typer.echo("")
-        typer.echo("headline figures (goals of the plant story):")
-        typer.echo(f"  inspections until detection:   {h.inspections_until_detection}")
-        seconds = h.seconds_to_new_model_at_100
-        typer.echo(
-            "  redesign to new model at 100%: "
-            + (f"{seconds:.0f} s" if seconds is not None else "not reached")
-        )
-        typer.echo(f"  escapes during the transition: {h.escapes_during_transition}")
-        frr = h.false_reject_rate_after_recovery
-        typer.echo(
-            "  false reject rate after:       "
-            + (f"{frr:.2%} of {h.inspections_after_recovery}" if frr is not None else "n/a")
-        )
-        typer.echo(f"  human reviews:                 {h.human_reviews}")
-        for goal, met in h.goals.items():
-            typer.echo(f"  goal {goal}: {'met' if met else 'NOT met'}")
-    typer.echo(f"report: {report}")
+    run_demo(DemoConfig(work=work_dir, timeout_s=timeout_s), echo=typer.echo)

@@ -43,6 +43,7 @@ from inspectloop.core.topics import (
     RETRAIN_REQUESTS,
     ROLLOUTS,
 )
+from inspectloop.demo.report import write_report
 from inspectloop.demo.timeline import Headline, Mark, Sample, Timeline, goals_met
 from inspectloop.devtools.harness import TritonServer, default_cache_dir
 from inspectloop.devtools.registry_process import RegistryUser, registry_process
@@ -548,8 +549,37 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> Timelin
         finally:
             traffic_stop.set()
         recorder.sample(services)
-        recorder.timeline.headline = headline(recorder.timeline, services.truth)
-    return recorder.timeline
+        timeline = recorder.timeline
+        timeline.headline = headline(timeline, services.truth)
+        # Written before the services stop: the results must not depend on a clean teardown.
+        timeline.to_json(config.work / "timeline.json")
+        report = write_report(timeline, config.work / "report")
+        print_headline(timeline, report, echo)
+        echo("stopping the services")
+    return timeline
+
+
+def print_headline(timeline: Timeline, report: Path, echo: Callable[[str], None]) -> None:
+    h = timeline.headline
+    if h is not None:
+        seconds = h.seconds_to_new_model_at_100
+        frr = h.false_reject_rate_after_recovery
+        echo("")
+        echo("headline figures:")
+        echo(f"  inspections until detection:   {h.inspections_until_detection}")
+        echo(
+            "  redesign to new model at 100%: "
+            + (f"{seconds:.0f} s" if seconds is not None else "not reached")
+        )
+        echo(f"  escapes during the transition: {h.escapes_during_transition}")
+        echo(
+            "  false reject rate after:       "
+            + (f"{frr:.2%} of {h.inspections_after_recovery}" if frr is not None else "n/a")
+        )
+        echo(f"  human reviews:                 {h.human_reviews}")
+        for goal, met in h.goals.items():
+            echo(f"  goal {goal}: {'met' if met else 'NOT met'}")
+    echo(f"report: {report}")
 
 
 def _run_lines(simulator: LineSimulator, stop: threading.Event, recorder: Recorder) -> None:
