@@ -24,9 +24,18 @@ SCENARIOS = Path(__file__).resolve().parents[2] / "services/inspectloop/simulato
 FIVE = {"label-redesign", "lighting-drift", "camera-blur", "new-sku", "serialization-change"}
 
 
-def test_the_five_scenarios_exist_and_validate() -> None:
+def test_the_five_scenarios_and_the_demos_exist_and_validate() -> None:
     loaded = {load_scenario(p).name for p in SCENARIOS.glob("*.yaml")}
-    assert loaded == FIVE
+    assert loaded == FIVE | {"plant-story"}
+
+
+def test_the_demos_redesign_comes_after_both_lines_took_their_reference() -> None:
+    scenario = load_scenario(SCENARIOS / "plant-story.yaml")
+    (redesign,) = scenario.events
+    # The monitor takes 800 inspections of a newly stable model as each line's reference.
+    assert all(line.rate_per_s * redesign.at_s > 800 for line in scenario.lines)
+    assert conditions_at(scenario, "line-1", redesign.at_s).design == "B"
+    assert conditions_at(scenario, "line-2", scenario.duration_s).design == "A"
 
 
 def test_label_redesign_switches_design_at_its_time_on_its_line_only() -> None:
