@@ -10,6 +10,7 @@ the rollback, against the configured interval.
 
 from __future__ import annotations
 
+import bisect
 import os
 import signal
 import sys
@@ -40,7 +41,7 @@ from inspectloop.core.topics import (
     ROUTING,
 )
 from inspectloop.devtools.harness import PrometheusServer
-from inspectloop.devtools.harness.process import ManagedProcess
+from inspectloop.devtools.harness.process import ManagedProcess, poll_until
 from inspectloop.devtools.registry_process import RegistryUser, registry_process
 from inspectloop.devtools.tiny_models import NAME, png, write_edge_model
 from inspectloop.edge.agent import FOLLOWED, PRODUCED, EdgeAgent
@@ -48,7 +49,7 @@ from inspectloop.edge.metrics import EdgeMetrics
 from inspectloop.edge.models import ModelStore
 from inspectloop.edge.outbox import Outbox
 from inspectloop.edge.settings import EdgeSection
-from inspectloop.gateway.metrics import GatewayMetrics
+from inspectloop.gateway.metrics import LATENCY_BUCKETS, GatewayMetrics
 from inspectloop.gateway.service import InspectionGateway
 from inspectloop.gateway.settings import GatewaySection, TritonSettings
 from inspectloop.gateway.triton import TritonModels
@@ -101,13 +102,6 @@ POLICY = Policy(
     # As the registry requires by default.
     approvals_required=frozenset({APPROVE_CANARY, APPROVE_PRODUCTION}),
 )
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 @dataclass
@@ -419,7 +413,9 @@ def test_a_regression_is_rolled_back_within_interval_times_threshold(
     status = controller.status(3)
     assert status is not None and "false_reject_rate" in status.reason
     # Traffic is back on version 1 alone.
-    wait_for(lambda: plant.gateway.routing.get(LINE).canary.version == "", 10, "the routing")
+    poll_until(
+        lambda: plant.gateway.routing.get(LINE).canary.version == "", timeout=10, what="the routing"
+    )
     before = plant.sent
     plant.traffic(20)
     assert plant.sent == before + 20
@@ -469,13 +465,25 @@ def test_embedded_source_answers_as_prometheus_does(
             60,
             "data in both sources",
         )
-        # Both see the same traffic: Prometheus extrapolates to the window's edges, so they
-        # agree within the scrape interval's share of it, not exactly.
+        # Prometheus takes up new targets up to 5 s late: both must hold a whole window.
+        both_since = time.monotonic()
+        drive(plant, lambda: time.monotonic() - both_since > 22, 60, "a whole window in both")
+        # Both see the same traffic: Prometheus extrapolates to the window's edges and the two
+        # scrape at other moments, so they agree within the scrape interval's share of the
+        # window, and their quantiles within a bucket of the histogram (interpolation inside a
+        # bucket depends on which few slow requests each window holds), not exactly.
+        a, b = prometheus.increase(count, labels, 20), embedded.increase(count, labels, 20)
+        assert a is not None and b is not None
+        assert abs(a - b) <= 0.25 * max(a, b), (a, b)
         for q in (0.5, 0.99):
             a = prometheus.quantile(q, "inspectloop_gateway_infer_duration_seconds", labels, 20)
             b = embedded.quantile(q, "inspectloop_gateway_infer_duration_seconds", labels, 20)
             assert a is not None and b is not None
-            assert abs(a - b) <= 0.5 * max(a, b), (q, a, b)
+            buckets = (
+                bisect.bisect_left(LATENCY_BUCKETS, a),
+                bisect.bisect_left(LATENCY_BUCKETS, b),
+            )
+            assert abs(buckets[0] - buckets[1]) <= 1, (q, a, b)
         assert embedded.increase(count, {"model": [NAME], "version": ["9"]}, 20) is None
     finally:
         embedded.close()
@@ -528,7 +536,7 @@ def test_a_killed_controller_resumes_its_rollout(
         drive(plant, lambda: phase() is Phase.CANARY, 120, "the canary")
         assert first.pid is not None
         os.kill(first.pid, signal.SIGKILL)
-        wait_for(lambda: not first.is_running(), 10, "the controller to die")
+        poll_until(lambda: not first.is_running(), timeout=10, what="the controller to die")
         killed = state.get(f"{NAME}-v2")
         assert killed is not None
     finally:

@@ -205,32 +205,37 @@ class RolloutController:
     def tick(self) -> None:
         """Advance every rollout that is due; one at a time per line."""
         busy: set[str] = set()
-        for status in self._store.all():
-            if status.terminal:
+        active = 0
+        for stored in self._store.all():
+            if stored.terminal:
                 continue
-            if status.phase is Phase.PENDING and busy & set(status.lines):
+            if stored.phase is Phase.PENDING and busy & set(stored.lines):
+                active += 1
                 continue  # another rollout holds one of its lines
-            busy |= set(status.lines)
+            busy |= set(stored.lines)
+            current = stored
             try:
-                self._advance(status)
+                current = self._advance(stored)
             except (BackendUnavailableError, TransientError) as exc:
                 # Nothing persisted: the same step is tried again at the next tick.
-                log.warning("rollout %s: %s; retrying", status.rollout_id, exc)
-        self._metrics.active.set(sum(1 for s in self._store.all() if not s.terminal))
+                log.warning("rollout %s: %s; retrying", stored.rollout_id, exc)
+            active += not current.terminal
+        self._metrics.active.set(active)
 
-    def _advance(self, status: RolloutStatus) -> None:
+    def _advance(self, status: RolloutStatus) -> RolloutStatus:
+        """The rollout after this tick (the status passed in when nothing was due)."""
         now = self._clock()
         if status.phase is Phase.PENDING:
             status = replace(status, stable_version=self._production_version(status))
         if status.phase in ANALYSED_PHASES:
             last = self._last_analysis.setdefault(status.rollout_id, now)
             if now - last < self.interval_s:
-                return
+                return status
             self._last_analysis[status.rollout_id] = now
         analysis = self._analyse(status, now)
         new, actions = step(status, analysis)
         if new == status and not actions:
-            return
+            return status
         try:
             self._execute(new, actions)
         except PermanentError as exc:
@@ -248,6 +253,7 @@ class RolloutController:
         )
         if self._recorder is not None:
             self._recorder.record(new)
+        return new
 
     def _analyse(self, status: RolloutStatus, now: float) -> Analysis:
         approvals = frozenset(self._approvals(status))
