@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from inspectloop import __version__
-from inspectloop.demo.cli import demo
+from inspectloop.demo.cli import demo, up
 from inspectloop.devtools.cli import dev_app
 from inspectloop.devtools.harness.cli import harness_app
 from inspectloop.edge.cli import edge_app
@@ -24,6 +24,7 @@ app.add_typer(simulate_app, name="simulate")
 app.add_typer(registry_app, name="registry")
 app.add_typer(edge_app, name="edge")
 app.command()(demo)
+app.command()(up)
 
 
 @app.command()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from inspectloop.demo.run import headline, outcomes
+from inspectloop.demo.story import headline, outcomes
 from inspectloop.demo.timeline import Mark, Sample, Timeline
 from inspectloop.simulator.traffic import GroundTruthStore, UnitTruth
 from inspectloop.v1.common_pb2 import DECISION_PASS, DECISION_REJECT, ModelRef
@@ -74,14 +74,15 @@ def test_headline_from_marks_and_truth(truth: GroundTruthStore) -> None:
             Mark(110, "line-1", "mode", "manual: feature_mmd and reject rate"),
             Mark(250, "line-1", "rollout", "v2 canary: canary step 1/2"),
             Mark(300, "line-1", "rollout", "v2 production_watch: promoted"),
+            Mark(315, "line-1", "mode", "auto: the new model's reference is taken"),
         ],
     )
     h = headline(timeline, truth)
     assert h.inspections_until_detection == 3  # units sent at 101, 105, 108
     assert h.seconds_to_new_model_at_100 == 200
     assert h.escapes_during_transition == 1
-    assert h.inspections_after_recovery == 4
-    assert h.false_reject_rate_after_recovery == pytest.approx(0.25)
+    assert h.inspections_after_recovery == 3  # back in auto from 315
+    assert h.false_reject_rate_after_recovery == pytest.approx(1 / 3)
     assert h.human_reviews == 1
     assert h.goals["detection_within_200_inspections"]
     assert not h.goals["zero_escapes_during_transition"]
@@ -96,3 +97,21 @@ def test_no_promotion_leaves_the_recovery_figures_unknown(truth: GroundTruthStor
     assert h.seconds_to_new_model_at_100 is None
     assert h.false_reject_rate_after_recovery is None
     assert not any(h.goals.values())
+
+
+def test_promoted_but_still_guarded_is_not_yet_recovered(truth: GroundTruthStore) -> None:
+    timeline = Timeline(
+        scenario="s",
+        redesign_line="line-1",
+        redesign_at=100.0,
+        samples=[],
+        marks=[
+            Mark(110, "line-1", "mode", "manual: feature_mmd"),
+            Mark(300, "line-1", "rollout", "v2 production_watch: promoted"),
+            Mark(301, "line-1", "mode", "guarded: v2 became stable; its reference is taken"),
+        ],
+    )
+    h = headline(timeline, truth)
+    assert h.seconds_to_new_model_at_100 == 200
+    assert h.false_reject_rate_after_recovery is None
+    assert h.inspections_after_recovery == 0

@@ -6,12 +6,15 @@ import os
 from pathlib import Path
 
 import pytest
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, SecretStr, ValidationError
 from pydantic.fields import FieldInfo
 
 from inspectloop.core.errors import ConfigError
-from inspectloop.core.settings import CommonSettings, Section, load_settings
-from inspectloop.rollout.settings import RolloutSettings
+from inspectloop.core.settings import CommonSettings, Section, load_settings, settings_env
+from inspectloop.gateway.settings import GatewaySection, GatewaySettings, ModelSyncSettings
+from inspectloop.rollout.settings import AnalysisSettings, RolloutSection, RolloutSettings
+from inspectloop.trainer.gates import GateSettings
+from inspectloop.trainer.settings import TrainerSection, TrainerSettings
 
 
 @pytest.fixture(autouse=True)
@@ -163,3 +166,40 @@ def test_null_unsets_an_optional_setting(monkeypatch: pytest.MonkeyPatch) -> Non
     assert load_settings(RolloutSettings).rollout.analysis.max_disagreement_rate == 0.05
     monkeypatch.setenv("INSPECTLOOP_ROLLOUT__ANALYSIS__MAX_DISAGREEMENT_RATE", "null")
     assert load_settings(RolloutSettings).rollout.analysis.max_disagreement_rate is None
+
+
+def test_settings_env_round_trips_every_kind_of_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a supervisor hands to a service's process is read back as the same section:
+    secrets revealed, nested sections, lists, tuples of paths, None and booleans."""
+    trainer = TrainerSection(
+        reference_datasets=(Path("/data/a"), Path("/data/b")),
+        registry_token=SecretStr("ilr_secret"),
+        ray_address=None,
+        use_gpu=True,
+        work_dir=Path("/work/trainer"),
+        gates=GateSettings(min_accuracy=0.9, recall_overrides={"smudge": 0.5}),
+    )
+    rollout = RolloutSection(
+        registry_token=SecretStr("ilr_other"),
+        step_weights_bps=[2500, 5000],
+        require_signature_for=[],
+        state_path=Path("/work/rollout.sqlite"),
+        analysis=AnalysisSettings(max_disagreement_rate=None, interval_s=3),
+    )
+    gateway = GatewaySection(
+        http_port=9100,
+        models=ModelSyncSettings(repository=Path("/repo"), registry_token=SecretStr("ilr_gw")),
+    )
+    for name, section, cls in (
+        ("trainer", trainer, TrainerSettings),
+        ("rollout", rollout, RolloutSettings),
+        ("gateway", gateway, GatewaySettings),
+    ):
+        with monkeypatch.context() as env:
+            for key, value in settings_env(name, section).items():
+                env.setenv(key, value)
+            loaded = getattr(load_settings(cls), name)
+        assert loaded == section
+    # SecretStr compares by value; the revealed text is what the process reads.
+    assert settings_env("trainer", trainer)["INSPECTLOOP_TRAINER__REGISTRY_TOKEN"] == "ilr_secret"
+    assert "ilr_gw" in settings_env("gateway", gateway)["INSPECTLOOP_GATEWAY__MODELS"]

@@ -8,11 +8,12 @@ validation failure into a :class:`ConfigError` that names every offending settin
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from inspectloop.core.errors import ConfigError
@@ -208,3 +209,36 @@ def load_settings(cls: type[SettingsT], **overrides: Any) -> SettingsT:
             env_name = ENV_PREFIX + "__".join(p.upper() for p in path)
             problems.append(f"{env_name} ({'.'.join(path)}): {err['msg']}")
         raise ConfigError("invalid settings:\n  " + "\n  ".join(problems)) from exc
+
+
+def settings_env(section: str, values: BaseModel) -> dict[str, str]:
+    """The ``INSPECTLOOP_<SECTION>__<FIELD>`` variables that :func:`load_settings` reads back as
+    ``values``, secrets included: how a supervisor hands a section to a service's process."""
+    env: dict[str, str] = {}
+    for name in type(values).model_fields:
+        value = _plain(getattr(values, name))
+        if value is None:
+            text = "null"
+        elif isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, list | dict):
+            text = json.dumps(value)
+        else:
+            text = str(value)
+        env[f"{ENV_PREFIX}{section.upper()}__{name.upper()}"] = text
+    return env
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as JSON-ready data with its secrets revealed (model_dump would mask them)."""
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, BaseModel):
+        return {name: _plain(getattr(value, name)) for name in type(value).model_fields}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, Path):
+        return str(value)
+    return value

@@ -77,6 +77,7 @@ class Headline:
     inspections_until_detection: int | None  # line inspections after the redesign until not auto
     seconds_to_new_model_at_100: float | None  # redesign -> new version stable at 100%
     escapes_during_transition: int | None  # escapes between the redesign and that promotion
+    # Over the redesigned line's inspections once it is back in auto on the new model.
     false_reject_rate_after_recovery: float | None
     inspections_after_recovery: int
     human_reviews: int  # total human reviews during the run

@@ -1,0 +1,639 @@
+"""The plant story from SEED.txt, driven from outside the plant, and the figures it is judged by.
+
+A :class:`Plant` is the services running somewhere: in this process on the embedded defaults
+(``inspectloop demo``, :mod:`inspectloop.demo.run`) or as separate processes on real Kafka,
+Triton, Ray and Prometheus (``inspectloop up``, :mod:`inspectloop.demo.platform`). The story
+sees a plant only as its users do: it publishes on the bus, line PCs call the gateway, operators
+answer the review queue, and what happened is read back from the bus (line modes, alerts,
+models, rollouts, routing) and from the monitor's ``/metrics``.
+
+The story: a model is trained for both lines and rolled out; the lines run; line 1's label is
+redesigned without notice. Nobody touches anything after that: the monitor must notice and send
+line 1 to human review, the operators' labels must lead to a retrain, the new version must pass
+its gates, shadow, canary and promotion, and line 1 must return to ``auto``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from inspectloop.core.bus import EventBus
+from inspectloop.core.events import Event
+from inspectloop.core.topics import (
+    DRIFT_ALERTS,
+    INSPECTIONS,
+    LINE_MODES,
+    MODELS,
+    RETRAIN_REQUESTS,
+    ROLLOUTS,
+    ROUTING,
+)
+from inspectloop.demo.report import write_report
+from inspectloop.demo.timeline import Headline, Mark, Sample, Timeline, goals_met
+from inspectloop.gateway.routing import RoutingTable
+from inspectloop.gateway.settings import GatewaySection, TritonSettings
+from inspectloop.gateway.triton import TritonModels
+from inspectloop.monitor.line import MODE_NAMES
+from inspectloop.rollout.settings import AnalysisSettings, MetricsSourceSettings, RolloutSection
+from inspectloop.simulator.dataset import DatasetSpec, write_dataset
+from inspectloop.simulator.line import LineSimulator
+from inspectloop.simulator.operators import OperatorSimulator
+from inspectloop.simulator.scenario import Scenario, load_scenario
+from inspectloop.simulator.traffic import GroundTruthStore, InspectClient
+from inspectloop.trainer.gates import GateSettings
+from inspectloop.trainer.settings import TrainerSection
+from inspectloop.v1.common_pb2 import Scope
+from inspectloop.v1.models_pb2 import ModelStage
+from inspectloop.v1.monitor_pb2 import RETRAIN_REASON_MANUAL, RetrainRequest
+from inspectloop.v1.rollout_pb2 import ROLLOUT_PHASE_PRODUCTION, RolloutPhase
+
+MODEL = "label-inspector"
+# The story's registry account (role service), known to both plants' registries.
+TOKEN = "ilr_" + "demo" * 10
+SCENARIO = Path(__file__).parents[1] / "simulator" / "scenarios" / "plant-story.yaml"
+INITIAL_REQUEST = "demo-initial-model"
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """The story's scale: small enough for two CPU cores, honest about what that costs."""
+
+    work: Path
+    scenario: Path = SCENARIO
+    reference_images: int = 3000
+    # Renders of the scope's label design with synthesised defects, per training (and as many
+    # at subtle severities).
+    synthesised_images: int = 300
+    epochs: int = 20
+    fine_tune_epochs: int = 8
+    width_multiplier: float = 0.5
+    analysis_interval_s: float = 10.0
+    sample_every_s: float = 5.0
+    # The lines keep running this long once line 1 is back in auto on the new model: the false
+    # reject rate after recovery is measured on them.
+    after_recovery_s: float = 60.0
+    timeout_s: float = 1800.0
+    # The gates at this scale (a half-width CNN, two minutes of training on two cores), far
+    # below production's (99.7% accuracy, 95% recall per class), which need the full-scale
+    # recipe of benchmarks/train.py (about ten minutes per training here).
+    gates: GateSettings = field(
+        default_factory=lambda: GateSettings(
+            min_accuracy=0.85,
+            min_recall_per_class=0.2,
+            max_false_reject_rate=0.01,
+            max_escape_rate=0.2,
+            max_golden_regressions=4,
+            latency_runs=20,
+        )
+    )
+
+
+# --- the services' settings at the story's scale, the same for both plants --------------------
+
+
+def seed_dataset(config: DemoConfig, scenario: Scenario, echo: Callable[[str], None]) -> Path:
+    """The plant's labelled images of label design A (rendered once per work directory)."""
+    reference = config.work / "datasets" / "design-A"
+    if not (reference / "dataset.json").exists():
+        echo(f"rendering the seed dataset ({config.reference_images} images of design A)")
+        write_dataset(
+            DatasetSpec(
+                n=config.reference_images,
+                seed=5,
+                size=scenario.image_size,
+                skus=tuple(sorted({spec.sku for spec in scenario.lines})),
+                golden_per_class=4,
+            ),
+            reference,
+            overwrite=True,
+        )
+    return reference
+
+
+def gateway_section(scenario: Scenario, triton_url: str, **more: Any) -> GatewaySection:
+    return GatewaySection(
+        model_name=MODEL,
+        default_version="1",
+        input_size=scenario.image_size,
+        triton=TritonSettings(url=triton_url, timeout_s=10, readiness_ttl_s=1.0),
+        **more,
+    )
+
+
+def trainer_section(
+    config: DemoConfig, scenario: Scenario, registry_url: str, reference: Path, **more: Any
+) -> TrainerSection:
+    return TrainerSection(
+        model_name=MODEL,
+        num_workers=2,
+        epochs=config.epochs,
+        fine_tune_epochs=config.fine_tune_epochs,
+        batch_size=32,
+        image_size=scenario.image_size,
+        width_multiplier=config.width_multiplier,
+        reference_datasets=(reference,),
+        golden_dataset=reference,
+        synthesised_images=config.synthesised_images,
+        synthesised_subtle_images=config.synthesised_images,
+        synthesis_subtle_severity=0.5,
+        reference_replay=config.reference_images,
+        registry_url=registry_url,
+        work_dir=config.work / "trainer",
+        gates=config.gates,
+        **more,
+    )
+
+
+def rollout_section(
+    config: DemoConfig, registry_url: str, metrics_source: MetricsSourceSettings, **more: Any
+) -> RolloutSection:
+    interval = config.analysis_interval_s
+    return RolloutSection(
+        registry_url=registry_url,
+        step_weights_bps=[2500, 5000],
+        shadow_intervals=1,
+        watch_intervals=2,
+        failure_threshold=3,
+        # Nobody signs during the story: its registry requires no signature either.
+        require_signature_for=[],
+        analysis=AnalysisSettings(
+            interval_s=interval,
+            window_s=interval * 6,
+            quality_window_s=interval * 30,
+            min_requests=30,
+            min_labelled=20,
+            # The stable version is the one that cannot read the new label: disagreeing with
+            # it is the point of this retrain.
+            max_disagreement_rate=None,
+            max_false_reject_rate=0.02,
+            max_escape_rate=0.05,
+        ),
+        metrics_source=metrics_source,
+        **more,
+    )
+
+
+# --- the plant as the story sees it -----------------------------------------------------------
+
+
+@dataclass
+class Plant:
+    """Running services, reached as their users reach them."""
+
+    bus: EventBus  # the story's own client of the plant's bus
+    inspect_client: InspectClient  # the line PCs' connection to the gateway
+    triton_url: str  # Triton's gRPC address: is the routed version loaded?
+    monitor_metrics_url: str  # the monitor's /metrics: drift statistics and thresholds
+
+
+class Recorder:
+    """The timeline: marks and the plant's state from the bus, samples every few seconds."""
+
+    def __init__(self, scenario: Scenario, echo: Callable[[str], None]) -> None:
+        self.scenario = scenario
+        self.started = time.monotonic()
+        self.echo = echo
+        redesign = next((e for e in scenario.events if e.kind == "label_redesign"), None)
+        self.timeline = Timeline(
+            scenario=scenario.name,
+            redesign_line=redesign.line if redesign else "",
+            redesign_at=redesign.at_s if redesign else None,
+            samples=[],
+            marks=[],
+            headline=None,
+        )
+        self.routing = RoutingTable(MODEL, "")
+        self.modes: dict[str, str] = {}
+        self.rollout_phases: dict[tuple[str, str], int] = {}  # (version, line) -> phase
+        self._lock = threading.Lock()
+
+    def now(self) -> float:
+        return time.monotonic() - self.started
+
+    def restart_clock(self) -> None:
+        """Times count from the lines' start (the scenario's clock); what came before (the first
+        training and rollout) keeps negative times."""
+        now = time.monotonic()
+        with self._lock:
+            for mark in self.timeline.marks:
+                mark.t -= now - self.started
+            self.started = now
+
+    def mark(self, line: str, kind: str, text: str) -> None:
+        t = self.now()
+        with self._lock:
+            self.timeline.marks.append(Mark(t=t, line=line, kind=kind, text=text))
+        self.echo(f"[{_clock(t)}] {line or 'plant':7} {kind:15} {text}")
+
+    def on_event(self, event: Event[Any]) -> None:
+        m = event.message
+        if event.topic == ROUTING.name:
+            self.routing.apply(m)
+        elif event.topic == LINE_MODES.name:
+            self.modes[m.line] = MODE_NAMES[m.new_mode]
+            self.mark(m.line, "mode", f"{MODE_NAMES[m.new_mode]}: {m.reason[:140]}")
+        elif event.topic == DRIFT_ALERTS.name:
+            kind = "nuisance" if m.nuisance else "alert"
+            self.mark(m.line, "alert", f"{kind} {m.detector} {m.statistic:.3g} > {m.threshold:.3g}")
+        elif event.topic == RETRAIN_REQUESTS.name:
+            self.mark(
+                ",".join(m.scope.lines),
+                "retrain_request",
+                f"{m.request_id[:8]}: designs {list(m.scope.label_designs)}, "
+                f"{m.min_labelled_images} labelled images",
+            )
+        elif event.topic == MODELS.name:
+            stage = ModelStage.Name(m.stage).removeprefix("MODEL_STAGE_").lower()
+            metrics = ", ".join(f"{k} {v:.4f}" for k, v in sorted(m.metrics.items())[:4])
+            reasons = "; ".join(m.rejection_reasons)[:200]
+            self.mark(
+                ",".join(m.scope.lines),
+                "model_version",
+                f"{m.name} v{m.version} {stage} ({metrics}) {reasons}",
+            )
+        elif event.topic == ROLLOUTS.name:
+            for line in m.lines:
+                self.rollout_phases[(m.version, line)] = m.phase
+            phase = RolloutPhase.Name(m.phase).removeprefix("ROLLOUT_PHASE_").lower()
+            self.mark(",".join(m.lines), "rollout", f"v{m.version} {phase}: {m.reason[:160]}")
+
+    def mode(self, line: str) -> str:
+        return self.modes.get(line, "auto")
+
+    def sample(self, truth: GroundTruthStore, drift: DriftReadings) -> None:
+        t = self.now()
+        for spec in self.scenario.lines:
+            line = spec.id
+            routing = self.routing.get(line)
+            statistics, thresholds = drift.get(line, ({}, {}))
+            sample = Sample(
+                t=t,
+                line=line,
+                mode=self.mode(line),
+                stable_version=routing.stable.version,
+                canary_version=routing.canary.version if routing.canary_weight_bps else "",
+                canary_weight=routing.canary_weight_bps / 10_000 if routing.canary.name else 0.0,
+                drift_statistic=statistics,
+                drift_threshold=thresholds,
+                **outcomes(truth, line),
+            )
+            with self._lock:
+                self.timeline.samples.append(sample)
+
+    def story_done(self, line: str, first: str) -> bool:
+        """Line ``line`` runs a version other than ``first`` at 100%, its rollout is complete,
+        and the line is back in auto."""
+        routing = self.routing.get(line)
+        promoted = any(
+            phase == ROLLOUT_PHASE_PRODUCTION and version != first and rolled_line == line
+            for (version, rolled_line), phase in self.rollout_phases.items()
+        )
+        return (
+            promoted
+            and routing.stable.version not in ("", first)
+            and not routing.canary.name
+            and self.mode(line) == "auto"
+        )
+
+
+# line -> (detector -> statistic, detector -> threshold)
+DriftReadings = dict[str, tuple[dict[str, float], dict[str, float]]]
+
+
+def read_drift(monitor_metrics_url: str) -> DriftReadings:
+    """Each line's latest drift statistics and thresholds, from the monitor's /metrics."""
+    try:
+        text = httpx.get(monitor_metrics_url, timeout=5).text
+    except httpx.HTTPError:
+        return {}  # a missed sample is a gap in the plot, not a failed story
+    readings: DriftReadings = {}
+    for family in text_string_to_metric_families(text):
+        if family.name not in (
+            "inspectloop_monitor_drift_statistic_score",
+            "inspectloop_monitor_drift_threshold_score",
+        ):
+            continue
+        index = 0 if family.name.endswith("statistic_score") else 1
+        for sample in family.samples:
+            line, detector = sample.labels["line"], sample.labels["detector"]
+            readings.setdefault(line, ({}, {}))[index][detector] = sample.value
+    return readings
+
+
+def outcomes(
+    truth: GroundTruthStore, line: str, since: float = 0.0, until: float = float("inf")
+) -> dict[str, int]:
+    """What the line's answered units were, by the simulator's ground truth."""
+    rows = truth.answered(line, since, until)
+    inspections = len(rows)
+    reviews = sum(r.human_review for r in rows)
+    false_rejects = sum(r.rejected and not r.defective for r in rows)
+    escapes = sum(r.defective and not r.rejected and not r.human_review for r in rows)
+    return {
+        "inspections": inspections,
+        "reviews": reviews,
+        "false_rejects": false_rejects,
+        "escapes": escapes,
+    }
+
+
+def _clock(t: float) -> str:
+    sign, t = ("-", -t) if t < 0 else ("", t)
+    return f"{sign}{int(t // 60):02d}:{t % 60:04.1f}"
+
+
+# --- the story ----------------------------------------------------------------------------------
+
+
+@dataclass
+class ConsumerThreads:
+    """Consumers and loops on threads of their own, stopped and closed together."""
+
+    bus: EventBus
+    stop: threading.Event = field(default_factory=threading.Event)
+    threads: list[threading.Thread] = field(default_factory=list)
+    closers: list[Callable[[], None]] = field(default_factory=list)
+
+    def spawn(self, name: str, target: Callable[[], None]) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self.threads.append(thread)
+
+    def consume(
+        self, group: str, topics: list[Any], handler: Callable[[Event[Any]], None], **kw: Any
+    ) -> None:
+        consumer = self.bus.consumer(group, topics, handler, **kw)
+        self.closers.append(consumer.close)
+        self.spawn(group, lambda: consumer.run(self.stop))
+
+    def close(self) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=60)
+        for close in self.closers:
+            with contextlib.suppress(Exception):
+                close()
+
+
+class _Story:
+    """The simulated plant floor around a plant: lines, operators, and the recorder."""
+
+    def __init__(self, plant: Plant, scenario: Scenario, work: Path, echo: Callable[[str], None]):
+        self.plant = plant
+        self.scenario = scenario
+        self.truth = GroundTruthStore(work / "truth.sqlite")
+        self.operators = OperatorSimulator(plant.bus, self.truth, scenario.operators, scenario.seed)
+        self.recorder = Recorder(scenario, echo)
+        self.threads = ConsumerThreads(plant.bus)
+        self.stop = self.threads.stop
+
+    def start(self) -> None:
+        self.threads.consume("story-operators", [INSPECTIONS], self.operators.handle)
+        self.threads.consume(
+            "story-timeline",
+            [ROUTING, LINE_MODES, DRIFT_ALERTS, RETRAIN_REQUESTS, MODELS, ROLLOUTS],
+            self.recorder.on_event,
+        )
+
+        def publish_verdicts() -> None:
+            while not self.stop.is_set():
+                self.operators.publish_due()
+                self.stop.wait(0.2)
+
+        self.threads.spawn("operators-publish", publish_verdicts)
+
+    def close(self) -> None:
+        self.threads.close()
+        self.truth.close()
+
+
+def run_story(
+    plant: Plant, config: DemoConfig, echo: Callable[[str], None] = print
+) -> tuple[Timeline, Path]:
+    """Train the first model, run the lines, redesign line 1's label, and wait for the plant to
+    recover on its own; returns the timeline (with its headline figures) and the report's path.
+    The timeline and report are written before the plant stops."""
+    scenario = load_scenario(config.scenario)
+    story = _Story(plant, scenario, config.work, echo)
+    try:
+        story.start()
+        return _run(story, config, echo)
+    finally:
+        story.close()
+
+
+def _run(story: _Story, config: DemoConfig, echo: Callable[[str], None]) -> tuple[Timeline, Path]:
+    plant, recorder, scenario = story.plant, story.recorder, story.scenario
+    lines = [spec.id for spec in scenario.lines]
+    echo(f"training the first model for {', '.join(lines)} on Ray Train (2 workers)")
+    plant.bus.publish(
+        RETRAIN_REQUESTS,
+        RetrainRequest(
+            request_id=INITIAL_REQUEST,
+            reason=RETRAIN_REASON_MANUAL,
+            requested_by="demo",
+            scope=Scope(
+                lines=lines,
+                skus=sorted({spec.sku for spec in scenario.lines}),
+                label_designs=["A"],
+            ),
+        ),
+        event_id=INITIAL_REQUEST,
+    )
+    deadline = time.monotonic() + config.timeout_s
+    triton = TritonModels(TritonSettings(url=plant.triton_url))
+
+    def first_model_served() -> bool:
+        rejected = [m for m in recorder.timeline.marks if " rejected " in m.text]
+        if rejected:
+            raise RuntimeError(f"the first model failed its gates: {rejected[0].text}")
+        routes = [recorder.routing.get(line) for line in lines]
+        return all(
+            r.generation > 0 and triton.ready(r.stable.name, r.stable.version) for r in routes
+        )
+
+    try:
+        wait(first_model_served, deadline, "the first model to be rolled out")
+    finally:
+        triton.close()
+    first = recorder.routing.get(lines[0]).stable.version
+    echo(f"v{first} serves {', '.join(lines)}; the lines start")
+    recorder.restart_clock()
+    simulator = LineSimulator(
+        scenario, plant.inspect_client, story.truth, bus=plant.bus, time_scale=1.0
+    )
+    traffic_stop = threading.Event()
+    story.threads.spawn("lines", lambda: _run_lines(simulator, traffic_stop, recorder))
+    line = recorder.timeline.redesign_line
+    recovered_at: float | None = None
+    try:
+        while time.monotonic() < deadline:
+            recorder.sample(story.truth, read_drift(plant.monitor_metrics_url))
+            echo(_status_line(recorder, lines))
+            if recovered_at is None and line and recorder.story_done(line, first):
+                echo(
+                    f"{line} is back in auto on the new model; the lines run "
+                    f"{config.after_recovery_s:.0f} s more"
+                )
+                recovered_at = time.monotonic()
+            if recovered_at is not None and time.monotonic() - recovered_at >= (
+                config.after_recovery_s
+            ):
+                echo("the story is complete")
+                break
+            story.stop.wait(config.sample_every_s)
+        else:
+            echo(f"stopped after {config.timeout_s:.0f} s without completing the story")
+    finally:
+        traffic_stop.set()
+    recorder.sample(story.truth, read_drift(plant.monitor_metrics_url))
+    timeline = recorder.timeline
+    timeline.headline = headline(timeline, story.truth)
+    timeline.to_json(config.work / "timeline.json")
+    report = write_report(timeline, config.work / "report")
+    print_headline(timeline, report, echo)
+    return timeline, report
+
+
+def print_headline(timeline: Timeline, report: Path, echo: Callable[[str], None]) -> None:
+    h = timeline.headline
+    if h is not None:
+        seconds = h.seconds_to_new_model_at_100
+        frr = h.false_reject_rate_after_recovery
+        echo("")
+        echo("headline figures:")
+        echo(f"  inspections until detection:   {h.inspections_until_detection}")
+        echo(
+            "  redesign to new model at 100%: "
+            + (f"{seconds:.0f} s" if seconds is not None else "not reached")
+        )
+        echo(f"  escapes during the transition: {h.escapes_during_transition}")
+        echo(
+            "  false reject rate after:       "
+            + (f"{frr:.2%} of {h.inspections_after_recovery}" if frr is not None else "n/a")
+        )
+        echo(f"  human reviews:                 {h.human_reviews}")
+        for goal, met in h.goals.items():
+            echo(f"  goal {goal}: {'met' if met else 'NOT met'}")
+    echo(f"report: {report}")
+
+
+def _run_lines(simulator: LineSimulator, stop: threading.Event, recorder: Recorder) -> None:
+    redesign = recorder.timeline.redesign_at
+    if redesign is not None:
+        timer = threading.Timer(
+            redesign,
+            lambda: recorder.mark(
+                recorder.timeline.redesign_line, "redesign", "the label is redesigned (unannounced)"
+            ),
+        )
+        timer.daemon = True
+        timer.start()
+    simulator.run(stop)
+
+
+def _status_line(recorder: Recorder, lines: list[str]) -> str:
+    parts = []
+    for line in lines:
+        sample = next(s for s in reversed(recorder.timeline.samples) if s.line == line)
+        canary = (
+            f" canary v{sample.canary_version} {sample.canary_weight:.0%}"
+            if sample.canary_version
+            else ""
+        )
+        parts.append(
+            f"{line} {sample.mode:7} v{sample.stable_version}{canary} "
+            f"{sample.inspections} insp {sample.reviews} rev {sample.escapes} esc"
+        )
+    return f"[{_clock(recorder.now())}] " + " | ".join(parts)
+
+
+def wait(condition: Callable[[], bool], deadline: float, what: str) -> None:
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.5)  # polling the plant's state, against a deadline
+
+
+def headline(timeline: Timeline, truth: GroundTruthStore) -> Headline:
+    """The figures the story is judged by, from the simulator's ground truth."""
+    line = timeline.redesign_line
+    redesign = timeline.redesign_at
+    detected = next(
+        (
+            m.t
+            for m in timeline.marks
+            if m.kind == "mode"
+            and m.line == line
+            and not m.text.startswith("auto")
+            and redesign is not None
+            and m.t >= redesign
+        ),
+        None,
+    )
+    promoted = next(
+        (
+            m.t
+            for m in timeline.marks
+            if m.kind == "rollout"
+            and line in m.line.split(",")
+            and " production_watch:" in m.text
+            and redesign is not None
+            and m.t >= redesign
+        ),
+        None,
+    )
+    # Recovered: the line is back in auto with the new model deciding all of its traffic.
+    recovered = next(
+        (
+            m.t
+            for m in timeline.marks
+            if m.kind == "mode"
+            and m.line == line
+            and m.text.startswith("auto")
+            and promoted is not None
+            and m.t >= promoted
+        ),
+        None,
+    )
+    until_detection = (
+        outcomes(truth, line, redesign, detected)["inspections"]
+        if redesign is not None and detected is not None
+        else None
+    )
+    escapes = (
+        outcomes(truth, line, redesign, promoted)["escapes"]
+        if redesign is not None and promoted is not None
+        else None
+    )
+    after = outcomes(truth, line, recovered) if recovered is not None else None
+    frr = (
+        after["false_rejects"] / after["inspections"]
+        if after is not None and after["inspections"]
+        else None
+    )
+    reviews = sum(
+        outcomes(truth, spec_line)["reviews"] for spec_line in {s.line for s in timeline.samples}
+    )
+    result = Headline(
+        inspections_until_detection=until_detection,
+        seconds_to_new_model_at_100=(
+            promoted - redesign if promoted is not None and redesign is not None else None
+        ),
+        escapes_during_transition=escapes,
+        false_reject_rate_after_recovery=frr,
+        inspections_after_recovery=after["inspections"] if after else 0,
+        human_reviews=reviews,
+        goals={},
+    )
+    result.goals = goals_met(result)
+    return result
