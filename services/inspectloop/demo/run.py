@@ -78,6 +78,9 @@ def embedded_plant(config: DemoConfig, echo: Callable[[str], None]) -> Iterator[
     users = [RegistryUser("pipeline", "service", TOKEN)]
     registry_settings = {"INSPECTLOOP_REGISTRY__REQUIRE_SIGNATURE_FOR": "[]"}
     with contextlib.ExitStack() as stack:
+        # Last out: the driver has been seen to die inside ray.shutdown(), and by then every
+        # other component must be stopped already.
+        stack.callback(_shutdown_ray)
         registry_url = stack.enter_context(
             registry_process(work / "registry", users, settings=registry_settings)
         )
@@ -152,7 +155,6 @@ def embedded_plant(config: DemoConfig, echo: Callable[[str], None]) -> Iterator[
             store=rollout_store,
             metrics=RolloutMetrics(CollectorRegistry()),
         )
-        stack.callback(_shutdown_ray)
 
         threads = ConsumerThreads(bus)
         stack.callback(threads.close)
