@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from inspectloop.demo.story import headline, outcomes
+from inspectloop.core.errors import ConfigError
+from inspectloop.demo.story import fresh_work_dir, headline, outcomes
 from inspectloop.demo.timeline import Mark, Sample, Timeline
 from inspectloop.simulator.traffic import GroundTruthStore, UnitTruth
 from inspectloop.v1.common_pb2 import DECISION_PASS, DECISION_REJECT, ModelRef
@@ -115,3 +116,22 @@ def test_promoted_but_still_guarded_is_not_yet_recovered(truth: GroundTruthStore
     assert h.seconds_to_new_model_at_100 == 200
     assert h.false_reject_rate_after_recovery is None
     assert h.inspections_after_recovery == 0
+
+
+def test_a_fresh_work_dir_keeps_only_the_seed_dataset(tmp_path: Path) -> None:
+    work = tmp_path / "demo"
+    fresh_work_dir(work)  # new: created and marked
+    (work / "datasets" / "design-A").mkdir(parents=True)
+    (work / "datasets" / "design-A" / "dataset.json").write_text("{}")
+    (work / "bus").mkdir()
+    (work / "timeline.json").write_text("{}")
+    fresh_work_dir(work)
+    assert sorted(p.name for p in work.iterdir()) == [".inspectloop-story", "datasets"]
+    assert (work / "datasets" / "design-A" / "dataset.json").exists()
+
+
+def test_a_directory_the_story_did_not_make_is_refused_not_emptied(tmp_path: Path) -> None:
+    (tmp_path / "thesis.tex").write_text("years of work")
+    with pytest.raises(ConfigError, match="not made by the plant story"):
+        fresh_work_dir(tmp_path)
+    assert (tmp_path / "thesis.tex").read_text() == "years of work"

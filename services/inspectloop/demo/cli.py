@@ -25,6 +25,16 @@ def _prepare(verbose: bool) -> None:
     signal.signal(signal.SIGTERM, _exit)
 
 
+def _fresh(work_dir: Path) -> None:
+    from inspectloop.core.errors import ConfigError  # noqa: PLC0415
+    from inspectloop.demo.story import fresh_work_dir  # noqa: PLC0415
+
+    try:
+        fresh_work_dir(work_dir)
+    except ConfigError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--work-dir") from None
+
+
 def _exit(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
@@ -41,6 +51,7 @@ def demo(
     from inspectloop.demo.story import DemoConfig  # noqa: PLC0415
 
     _prepare(verbose)
+    _fresh(work_dir)
     run_demo(DemoConfig(work=work_dir, timeout_s=timeout_s), echo=typer.echo)
 
 
@@ -61,6 +72,8 @@ def up(
     from inspectloop.demo.story import DemoConfig, run_story  # noqa: PLC0415
 
     _prepare(verbose)
+    if story:  # the story starts from an empty plant; a plain `up` keeps what it had
+        _fresh(work_dir)
     config = DemoConfig(work=work_dir, timeout_s=timeout_s)
     with process_platform(config, typer.echo) as (plant, addresses):
         for line in addresses.lines():

@@ -16,6 +16,7 @@ its gates, shadow, canary and promotion, and line 1 must return to ``auto``.
 from __future__ import annotations
 
 import contextlib
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -27,6 +28,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from inspectloop.core.bus import EventBus
+from inspectloop.core.errors import ConfigError
 from inspectloop.core.events import Event
 from inspectloop.core.topics import (
     DRIFT_ALERTS,
@@ -61,6 +63,7 @@ MODEL = "label-inspector"
 TOKEN = "ilr_" + "demo" * 10
 SCENARIO = Path(__file__).parents[1] / "simulator" / "scenarios" / "plant-story.yaml"
 INITIAL_REQUEST = "demo-initial-model"
+WORK_DIR_MARKER = ".inspectloop-story"
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,28 @@ def seed_dataset(config: DemoConfig, scenario: Scenario, echo: Callable[[str], N
             overwrite=True,
         )
     return reference
+
+
+def fresh_work_dir(work: Path) -> None:
+    """Forget a previous run's plant (bus, registry, models, state) so the story starts from
+    nothing; the rendered seed dataset is kept, as it depends only on the scenario. A directory
+    that holds anything else is refused, never emptied."""
+    marker = work / WORK_DIR_MARKER
+    if work.is_dir() and any(work.iterdir()) and not marker.exists():
+        raise ConfigError(
+            f"{work} is not empty and was not made by the plant story: choose a new or empty "
+            "--work-dir"
+        )
+    if work.is_dir():
+        for entry in work.iterdir():
+            if entry.name in ("datasets", WORK_DIR_MARKER):
+                continue
+            if entry.is_dir():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+    work.mkdir(parents=True, exist_ok=True)
+    marker.touch()
 
 
 def gateway_section(scenario: Scenario, triton_url: str, **more: Any) -> GatewaySection:
