@@ -38,6 +38,7 @@ from inspectloop.core.settings import (
 )
 from inspectloop.core.topics import ALL_TOPICS
 from inspectloop.demo.story import (
+    ARTIFACT,
     TOKEN,
     DemoConfig,
     Plant,
@@ -62,7 +63,6 @@ from inspectloop.simulator.scenario import load_scenario
 from inspectloop.simulator.traffic import GrpcInspectClient
 
 READY_TIMEOUT_S = 240.0
-ARTIFACT = "triton-python.tar.gz"  # the Triton repository entry this machine can serve
 
 
 @dataclass(frozen=True)

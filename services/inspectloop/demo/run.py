@@ -21,6 +21,7 @@ from inspectloop.core.registry_client import RegistryClient
 from inspectloop.core.settings import BusSettings, LocalBusSettings
 from inspectloop.core.topics import ALL_TOPICS, CHANGEOVERS, FEEDBACK, INSPECTIONS, RETRAIN_REQUESTS
 from inspectloop.demo.story import (
+    ARTIFACT,
     TOKEN,
     ConsumerThreads,
     DemoConfig,
@@ -51,8 +52,6 @@ from inspectloop.trainer.runner import LocalRayRunner
 from inspectloop.trainer.service import TrainerService
 from inspectloop.trainer.snapshot import LabelStore
 from inspectloop.v1.inspect_service_pb2 import InspectRequest, InspectResponse
-
-ARTIFACT = "triton-python.tar.gz"  # the Triton repository entry this machine can serve
 
 
 class InProcessClient:

@@ -64,6 +64,7 @@ TOKEN = "ilr_" + "demo" * 10
 SCENARIO = Path(__file__).parents[1] / "simulator" / "scenarios" / "plant-story.yaml"
 INITIAL_REQUEST = "demo-initial-model"
 WORK_DIR_MARKER = ".inspectloop-story"
+ARTIFACT = "triton-python.tar.gz"  # the Triton repository entry this machine can serve
 
 
 @dataclass(frozen=True)
