@@ -220,5 +220,8 @@ def test_triton_down_is_unavailable_with_a_reason_and_loses_nothing(
     down = make_gateway(bus, tmp_path, f"127.0.0.1:{free_port()}")
     with pytest.raises(BackendUnavailableError, match=rf"{NAME} v1 .* is not ready on Triton"):
         down.inspect(request("line-1", 0))
+    # The request's own fault is still named, before any backend is asked.
+    with pytest.raises(InvalidImageError, match="not a PNG or JPEG"):
+        down.inspect(InspectRequest(line="line-1", request_id="bad", image=b"GIF89a..."))
     assert down.metrics.errors.labels(kind="unavailable", line="line-1")._value.get() == 1
     assert published.drain(0) == []

@@ -40,11 +40,27 @@ class DecodedImage:
     height: int
 
 
-def decode_image(
-    data: bytes, content_type: str, limits: ImageLimits, input_size: int
-) -> DecodedImage:
-    """The image in ``data`` as RGB pixels resized to ``input_size`` squared, or
-    InvalidImageError."""
+@dataclass(frozen=True)
+class CheckedImage:
+    rgb: Image.Image  # as sent, decoded
+    content_type: str
+    width: int
+    height: int
+
+    def at_size(self, input_size: int) -> DecodedImage:
+        """The pixels at the model's input size (``input_size`` squared)."""
+        rgb = self.rgb
+        if rgb.size != (input_size, input_size):
+            rgb = rgb.resize((input_size, input_size), Image.Resampling.BILINEAR)
+        return DecodedImage(
+            np.asarray(rgb, dtype=np.uint8), self.content_type, self.width, self.height
+        )
+
+
+def check_image(data: bytes, content_type: str, limits: ImageLimits) -> CheckedImage:
+    """The image in ``data``, decoded to RGB once every limit is checked, or
+    InvalidImageError. Needs no model: a request's faults are named before any backend is
+    asked."""
     if not data:
         raise InvalidImageError("the request has no image")
     if len(data) > limits.max_bytes:
@@ -88,6 +104,12 @@ def decode_image(
         rgb = image.convert("RGB")
     except (OSError, ValueError) as exc:  # truncated or corrupt pixel data
         raise InvalidImageError(f"image data is corrupt: {exc}") from None
-    if rgb.size != (input_size, input_size):
-        rgb = rgb.resize((input_size, input_size), Image.Resampling.BILINEAR)
-    return DecodedImage(np.asarray(rgb, dtype=np.uint8), actual, width, height)
+    return CheckedImage(rgb, actual, width, height)
+
+
+def decode_image(
+    data: bytes, content_type: str, limits: ImageLimits, input_size: int
+) -> DecodedImage:
+    """The image in ``data`` as RGB pixels resized to ``input_size`` squared, or
+    InvalidImageError."""
+    return check_image(data, content_type, limits).at_size(input_size)

@@ -34,7 +34,7 @@ from inspectloop.core.events import Event
 from inspectloop.core.imagestats import image_stats
 from inspectloop.core.topics import INSPECTIONS, LINE_MODES, ROUTING
 from inspectloop.gateway.decision import LineModes, decision_of, prediction, review
-from inspectloop.gateway.images import InvalidImageError, decode_image
+from inspectloop.gateway.images import InvalidImageError, check_image
 from inspectloop.gateway.metrics import GatewayMetrics
 from inspectloop.gateway.repository import RepositorySync
 from inspectloop.gateway.routing import Route, RoutingTable
@@ -167,13 +167,13 @@ class InspectionGateway:
             raise InvalidRequestError(
                 f"line id {request.line[:80]!r} is not 1-64 letters, digits, '.', '_' or '-'"
             )
+        # The request's own faults first: a bad image is a 4xx even while no model can answer.
+        checked = check_image(request.image, request.content_type, self.settings.images)
         request_id = request.request_id or str(uuid.uuid4())
         route = self.routing.route(request.line, request_id, self.triton.ready)
         decider = route.decider
         served = self.triton.served(decider.name)
-        image = decode_image(
-            request.image, request.content_type, self.settings.images, served.input_size
-        )
+        image = checked.at_size(served.input_size)
         batch = image.pixels[None]
         try:
             scores = self.triton.infer(decider.name, decider.version, batch)[0]
