@@ -590,47 +590,35 @@ def wait(condition: Callable[[], bool], deadline: float, what: str) -> None:
         time.sleep(0.5)  # polling the plant's state, against a deadline
 
 
+def _first_mark(
+    timeline: Timeline, kind: str, line: str, since: float | None, matches: Callable[[str], bool]
+) -> float | None:
+    """When the first ``kind`` mark of ``line`` at or after ``since`` whose text ``matches``
+    came; None when ``since`` is None (the story never got there) or no mark does."""
+    if since is None:
+        return None
+    return next(
+        (
+            m.t
+            for m in timeline.marks
+            if m.kind == kind and line in m.line.split(",") and m.t >= since and matches(m.text)
+        ),
+        None,
+    )
+
+
 def headline(timeline: Timeline, truth: GroundTruthStore) -> Headline:
     """The figures the story is judged by, from the simulator's ground truth."""
     line = timeline.redesign_line
     redesign = timeline.redesign_at
-    detected = next(
-        (
-            m.t
-            for m in timeline.marks
-            if m.kind == "mode"
-            and m.line == line
-            and not m.text.startswith("auto")
-            and redesign is not None
-            and m.t >= redesign
-        ),
-        None,
+    detected = _first_mark(
+        timeline, "mode", line, redesign, lambda text: not text.startswith("auto")
     )
-    promoted = next(
-        (
-            m.t
-            for m in timeline.marks
-            if m.kind == "rollout"
-            and line in m.line.split(",")
-            and " production_watch:" in m.text
-            and redesign is not None
-            and m.t >= redesign
-        ),
-        None,
+    promoted = _first_mark(
+        timeline, "rollout", line, redesign, lambda text: " production_watch:" in text
     )
     # Recovered: the line is back in auto with the new model deciding all of its traffic.
-    recovered = next(
-        (
-            m.t
-            for m in timeline.marks
-            if m.kind == "mode"
-            and m.line == line
-            and m.text.startswith("auto")
-            and promoted is not None
-            and m.t >= promoted
-        ),
-        None,
-    )
+    recovered = _first_mark(timeline, "mode", line, promoted, lambda text: text.startswith("auto"))
     until_detection = (
         outcomes(truth, line, redesign, detected)["inspections"]
         if redesign is not None and detected is not None
