@@ -108,8 +108,7 @@ class RunningMonitor:
             time.sleep(0.05)
 
     def seen(self, line: str = LINE) -> int:
-        monitor = self.service.lines.get(line)
-        return monitor.seq if monitor is not None else 0
+        return self.service.inspections_seen(line)
 
     def metric(self, name: str, **labels: str) -> float | None:
         return self.registry.get_sample_value(name, labels)

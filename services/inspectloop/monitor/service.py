@@ -109,6 +109,13 @@ class MonitorService:
             monitor.requests_in_hour = self._requests_in_hour
             self._export(monitor)
 
+    def inspections_seen(self, line: str) -> int:
+        """Inspections of ``line``'s stable model handled so far. Read under the handling lock,
+        so that every effect of them (alarms, outputs, counters) is visible to the caller."""
+        with self._lock:
+            monitor = self.lines.get(line)
+            return monitor.seq if monitor is not None else 0
+
     def _line(self, line: str, what: str) -> LineMonitor:
         if not line:
             raise PermanentError(f"{what} has no line")
