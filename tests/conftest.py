@@ -11,7 +11,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
 
+from inspectloop.core.bus import EventBus, build_bus
+from inspectloop.core.settings import BusSettings, LocalBusSettings
+from inspectloop.core.topics import INSPECTIONS, LINE_MODES, ROUTING
 from inspectloop.devtools.harness import (
     KafkaBroker,
     PostgresServer,
@@ -99,4 +103,14 @@ def postgres_server(components_dir: Path) -> Iterator[PostgresServer]:
     server.destroy()
 
 
-# --- bus fixtures go here ------------------------------------------------------------------------
+# --- bus fixtures --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def bus(tmp_path: Path) -> Iterator[EventBus]:
+    """A local bus with the topics the gateway reads and writes (modules may define their own)."""
+    settings = BusSettings(backend="local", local=LocalBusSettings(directory=tmp_path / "bus"))
+    bus = build_bus(settings, "test", CollectorRegistry())
+    bus.ensure_topics([INSPECTIONS, ROUTING, LINE_MODES])
+    yield bus
+    bus.close()

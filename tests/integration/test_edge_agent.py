@@ -15,13 +15,11 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -34,7 +32,12 @@ from inspectloop.core.settings import BusSettings, KafkaSettings, LocalBusSettin
 from inspectloop.core.topics import EDGE_HEARTBEATS, INSPECTIONS, ROUTING
 from inspectloop.devtools.harness import KafkaBroker
 from inspectloop.devtools.harness.process import poll_until
-from inspectloop.devtools.registry_process import RegistryUser, registry_process
+from inspectloop.devtools.registry_process import (
+    RegistryProxy,
+    RegistryUser,
+    registry_process,
+    registry_proxy,
+)
 from inspectloop.devtools.tiny_models import SPEC, png, write_edge_model
 from inspectloop.edge.agent import FOLLOWED, PRODUCED, EdgeAgent
 from inspectloop.edge.metrics import EdgeMetrics
@@ -70,52 +73,10 @@ def registry_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield url
 
 
-@dataclass
-class Proxy:
-    """Between the agent and the registry: flips a byte of chosen artifacts (a compromised
-    mirror, a corrupted download) or drops every connection (the line PC's network is down)."""
-
-    url: str
-    tamper: set[str] = field(default_factory=set)
-    offline: bool = False
-    requests: int = 0
-
-
 @pytest.fixture
-def proxy(registry_url: str) -> Iterator[Proxy]:
-    state = Proxy(url="")
-    upstream = httpx.Client(base_url=registry_url, timeout=30)
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            state.requests += 1
-            if state.offline:
-                self.close_connection = True
-                return  # no response at all: the client sees a dropped connection
-            auth = self.headers.get("Authorization")
-            reply = upstream.get(self.path, headers={"Authorization": auth} if auth else {})
-            body = reply.content
-            sha = self.path.rsplit("/", 1)[-1]
-            if self.path.startswith("/v1/artifacts/") and sha in state.tamper:
-                middle = len(body) // 2
-                body = body[:middle] + bytes([body[middle] ^ 0xFF]) + body[middle + 1 :]
-            self.send_response(reply.status_code)
-            self.send_header("Content-Type", reply.headers.get("content-type", "text/plain"))
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    state.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield state
-    server.shutdown()
-    server.server_close()
-    upstream.close()
+def proxy(registry_url: str) -> Iterator[RegistryProxy]:
+    with registry_proxy(registry_url) as state:
+        yield state
 
 
 @dataclass(frozen=True)
@@ -328,7 +289,7 @@ def dedicated_broker(harness_cache_dir: Path, tmp_path: Path) -> Iterator[KafkaB
 def test_offline_ten_minutes_every_event_delivered_once_in_order(
     dedicated_broker: KafkaBroker,
     edge_models: EdgeModels,
-    proxy: Proxy,
+    proxy: RegistryProxy,
     tmp_path: Path,
 ) -> None:
     line = "edge-line-a"
@@ -421,7 +382,7 @@ def test_offline_ten_minutes_every_event_delivered_once_in_order(
 
 
 def test_a_tampered_artifact_is_refused_and_the_old_model_keeps_answering(
-    edge_models: EdgeModels, proxy: Proxy, tmp_path: Path
+    edge_models: EdgeModels, proxy: RegistryProxy, tmp_path: Path
 ) -> None:
     line = "edge-line-b"
     bus = local_bus(tmp_path / "bus")
@@ -476,7 +437,7 @@ def test_a_tampered_artifact_is_refused_and_the_old_model_keeps_answering(
 
 
 def test_routing_swaps_to_the_canary_and_rolls_back_from_disk(
-    edge_models: EdgeModels, proxy: Proxy, tmp_path: Path
+    edge_models: EdgeModels, proxy: RegistryProxy, tmp_path: Path
 ) -> None:
     line = "edge-line-c"
     stable = edge_models.versions["pass-2"]

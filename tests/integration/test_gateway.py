@@ -13,9 +13,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from inspectloop.core.blobstore import FilesystemBlobStore
-from inspectloop.core.bus import EventBus, build_bus
+from inspectloop.core.bus import EventBus
 from inspectloop.core.errors import BackendUnavailableError
-from inspectloop.core.settings import BusSettings, LocalBusSettings
 from inspectloop.core.topics import INSPECTIONS, LINE_MODES, ROUTING
 from inspectloop.devtools.gateway_stack import free_port
 from inspectloop.devtools.tiny_models import NAME, REJECTS, SPEC, png
@@ -69,15 +68,6 @@ class Published:
             self._consumer.poll_once(0.2)
         self._consumer.poll_once(0.2)  # and nothing more
         return self.events
-
-
-@pytest.fixture
-def bus(tmp_path: Path) -> Iterator[EventBus]:
-    settings = BusSettings(backend="local", local=LocalBusSettings(directory=tmp_path / "bus"))
-    bus = build_bus(settings, "test", CollectorRegistry())
-    bus.ensure_topics([INSPECTIONS, ROUTING, LINE_MODES])
-    yield bus
-    bus.close()
 
 
 def make_gateway(bus: EventBus, tmp_path: Path, triton_url: str) -> InspectionGateway:

@@ -7,8 +7,13 @@ and config into the repository, and asks Triton to load the model through its mo
 API. A version that fails to fetch, verify or load is removed again, so that the repository
 only holds versions Triton can serve; the versions already serving are untouched (Triton keeps
 them when a reload fails), the failure is counted in ``model_load_failures_errors_total`` (an
-alert rule watches it), and the version gets no traffic because it is not ready. It is not
-retried until the gateway restarts or its routing changes.
+alert rule watches it), and the version gets no traffic because it is not ready.
+
+What happens next depends on the failure. A refused version (no such artifact, a SHA-256
+mismatch, a stray path in the tarball, a model Triton will not load) is never tried again:
+artifacts are content-addressed, so the same bytes would fail the same way. A registry or Triton
+that could not be reached is transient: the next ``ensure`` tries again (the gateway calls it on
+every routing change and every ``models.retry_s``).
 """
 
 from __future__ import annotations
@@ -45,14 +50,15 @@ class RepositorySync:
         self.triton = triton
         self.metrics = metrics
         self.artifact_filename = artifact_filename  # e.g. triton-python.tar.gz
-        self.failed: set[tuple[str, str]] = set()
+        self.refused: set[tuple[str, str]] = set()  # never tried again
         self._lock = threading.Lock()
 
     def ensure(self, models: set[tuple[str, str]]) -> None:
-        """Fetch and load every (model, version) the repository lacks; failures are counted."""
+        """Fetch and load every (model, version) the repository lacks and has not refused;
+        failures are counted, transient ones left for the next call."""
         with self._lock:
             for name, version in sorted(models):
-                if (self.repository / name / version).is_dir() or (name, version) in self.failed:
+                if (self.repository / name / version).is_dir() or (name, version) in self.refused:
                     continue
                 config = self.repository / name / CONFIG
                 previous = config.read_bytes() if config.is_file() else None
@@ -61,9 +67,14 @@ class RepositorySync:
                     self.triton.load(name)
                     log.info("model %s v%s loaded on Triton from the registry", name, version)
                 except InspectloopError as exc:
-                    self.failed.add((name, version))
                     self.metrics.model_load_failures.labels(model=name, version=version).inc()
-                    log.error("model %s v%s not served: %s", name, version, exc)
+                    if isinstance(exc, PermanentError):
+                        self.refused.add((name, version))
+                        log.error("model %s v%s refused, not served: %s", name, version, exc)
+                    else:
+                        log.warning(
+                            "model %s v%s not served yet, will retry: %s", name, version, exc
+                        )
                     shutil.rmtree(self.repository / name / version, ignore_errors=True)
                     if previous is not None:  # the serving versions' config, as it was
                         config.write_bytes(previous)

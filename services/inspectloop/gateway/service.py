@@ -95,7 +95,8 @@ class InspectionGateway:
         self.modes = LineModes()
         self._consumer: Consumer | None = None
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
+        self._unready: set[tuple[str, str]] = set()  # routed versions last seen not ready
 
     # --- following routing and line modes ----------------------------------------------------
 
@@ -109,13 +110,7 @@ class InspectionGateway:
                 raise PermanentError(f"routing {event.envelope.event_id}: {exc}") from None
             if applied:
                 self.metrics.routing_generation.labels(line=message.line).set(message.generation)
-                if self.sync is not None:
-                    self.sync.ensure(self.routing.models())
-                for name, version in self.routing.models():
-                    ready = self.triton.ready(name, version)
-                    self.metrics.model_ready.labels(model=name, version=version).set(int(ready))
-                    if not ready:
-                        log.warning("routed model %s v%s is not ready on Triton", name, version)
+                self.sync_models()
                 log.info("line %s routing generation %d", message.line, message.generation)
         elif isinstance(message, LineModeChanged):
             try:
@@ -125,19 +120,47 @@ class InspectionGateway:
             if applied:
                 log.info("line %s mode %d: %s", message.line, message.new_mode, message.reason)
 
+    def sync_models(self) -> None:
+        """Bring Triton's repository in step with routing (when the gateway manages it), and
+        export whether each routed version is ready."""
+        if self.sync is not None:
+            self.sync.ensure(self.routing.models())
+        for name, version in self.routing.models():
+            ready = self.triton.ready(name, version)
+            self.metrics.model_ready.labels(model=name, version=version).set(int(ready))
+            if ready:
+                self._unready.discard((name, version))
+            elif (name, version) not in self._unready:  # logged once, not every pass
+                self._unready.add((name, version))
+                log.warning("routed model %s v%s is not ready on Triton", name, version)
+
+    def _resync_models(self) -> None:
+        # Routing changes sync at once; this retries what the registry or Triton being
+        # unreachable left out, and notices a routed version that stopped being ready.
+        while not self._stop.wait(self.settings.models.retry_s):
+            try:
+                self.sync_models()
+            except Exception:  # the loop must outlive one bad pass; the next one tries again
+                log.exception("model sync pass failed")
+
     def follow(self) -> None:
-        """Start following the routing and line-mode topics on a background thread."""
+        """Start following the routing and line-mode topics, and resyncing the models, on
+        background threads."""
         group = f"gateway-{uuid.uuid4()}"
         self._consumer = self.bus.consumer(group, FOLLOWED, self.on_event)
-        self._thread = threading.Thread(
-            target=self._consumer.run, args=(self._stop,), name="gateway-follower", daemon=True
-        )
-        self._thread.start()
+        self._threads = [
+            threading.Thread(
+                target=self._consumer.run, args=(self._stop,), name="gateway-follower", daemon=True
+            ),
+            threading.Thread(target=self._resync_models, name="gateway-model-sync", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def close(self) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        for thread in self._threads:
+            thread.join(timeout=10)
         if self._consumer is not None:
             self._consumer.close()
         self.bus.flush(10)

@@ -63,6 +63,12 @@ class ModelSyncSettings(Section):
     registry_token: SecretStr | None = Field(
         default=None, description="API token of the gateway's account in the registry."
     )
+    retry_s: float = Field(
+        default=15.0,
+        gt=0,
+        description="How often routed versions missing from the repository are tried again "
+        "after the registry or Triton could not be reached (refused versions never are).",
+    )
     artifact_filename: str = Field(
         default="triton-python.tar.gz",
         description="Which of a version's Triton repository artifacts to serve: "

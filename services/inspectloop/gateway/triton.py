@@ -1,9 +1,11 @@
 """The gateway's view of Triton: inference, readiness and model control, over gRPC.
 
 Every failure to reach Triton or to get an answer becomes ``BackendUnavailableError`` (the API
-answers 503 with the reason). Readiness answers are cached for ``readiness_ttl_s`` so that
-routing can ask for every request without a round trip each time; the class names and the input
-size of a model come from its served config (``config.pbtxt``, written by the packaging).
+answers 503 with the reason), except a load that Triton refuses: the model itself is broken,
+and trying again cannot help (``PermanentError``). Readiness answers are cached for
+``readiness_ttl_s`` so that routing can ask for every request without a round trip each time;
+the class names and the input size of a model come from its served config (``config.pbtxt``,
+written by the packaging).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import numpy.typing as npt
 import tritonclient.grpc as triton_grpc
 from tritonclient.utils import InferenceServerException
 
-from inspectloop.core.errors import BackendUnavailableError
+from inspectloop.core.errors import BackendUnavailableError, PermanentError
 from inspectloop.gateway.settings import TritonSettings
 from inspectloop.trainer.packaging import (
     CLASSES_PARAMETER,
@@ -29,6 +31,13 @@ from inspectloop.trainer.packaging import (
 )
 
 OUTPUTS = (OUTPUT_PROBABILITIES, OUTPUT_FEATURES)
+
+# gRPC codes of a Triton that could not be reached or did not answer in time: worth retrying.
+# Any other code from a load means that Triton read the model and refused it.
+UNREACHABLE = frozenset(
+    f"StatusCode.{code}"
+    for code in ("UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED", "RESOURCE_EXHAUSTED")
+)
 
 
 @dataclass(frozen=True)
@@ -133,9 +142,19 @@ class TritonModels:
 
     def load(self, name: str) -> None:
         """Ask Triton to (re)load ``name`` from its repository (every version its config's
-        ``version_policy`` serves); the versions it served stay up if the load fails."""
-        self._call(f"load {name}", lambda: self._client.load_model(name))
-        self.forget(name)
+        ``version_policy`` serves); the versions it served stay up if the load fails.
+        Raises PermanentError when Triton refuses the model, BackendUnavailableError when it
+        cannot be reached."""
+        try:
+            self._client.load_model(name)
+        except InferenceServerException as exc:
+            if exc.status() in UNREACHABLE:
+                raise BackendUnavailableError(
+                    f"Triton at {self.settings.url} failed to load {name}: {exc.message()}"
+                ) from None
+            raise PermanentError(f"Triton refused to load {name}: {exc.message()}") from None
+        finally:
+            self.forget(name)
 
     def close(self) -> None:
         self._client.close()
