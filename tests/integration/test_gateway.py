@@ -16,7 +16,7 @@ from inspectloop.core.blobstore import FilesystemBlobStore
 from inspectloop.core.bus import EventBus
 from inspectloop.core.errors import BackendUnavailableError
 from inspectloop.core.topics import INSPECTIONS, LINE_MODES, ROUTING
-from inspectloop.devtools.gateway_stack import free_port
+from inspectloop.devtools.harness.process import pick_free_port
 from inspectloop.devtools.tiny_models import NAME, REJECTS, SPEC, png
 from inspectloop.gateway.images import InvalidImageError
 from inspectloop.gateway.metrics import GatewayMetrics
@@ -207,7 +207,7 @@ def test_triton_down_is_unavailable_with_a_reason_and_loses_nothing(
     bus: EventBus, tmp_path: Path
 ) -> None:
     published = Published(bus)
-    down = make_gateway(bus, tmp_path, f"127.0.0.1:{free_port()}")
+    down = make_gateway(bus, tmp_path, f"127.0.0.1:{pick_free_port()}")
     with pytest.raises(BackendUnavailableError, match=rf"{NAME} v1 .* is not ready on Triton"):
         down.inspect(request("line-1", 0))
     # The request's own fault is still named, before any backend is asked.

@@ -17,8 +17,9 @@ from inspectloop.core.bus import build_bus
 from inspectloop.core.errors import PermanentError
 from inspectloop.core.settings import BusSettings, KafkaSettings
 from inspectloop.core.topics import INSPECTIONS
-from inspectloop.devtools.gateway_stack import free_port, wait_healthy
+from inspectloop.devtools.gateway_stack import wait_healthy
 from inspectloop.devtools.harness import KafkaBroker
+from inspectloop.devtools.harness.process import pick_free_ports
 from inspectloop.devtools.tiny_models import NAME, png
 from inspectloop.gateway.settings import GatewaySection, GatewaySettings, TritonSettings
 from inspectloop.simulator.traffic import GrpcInspectClient
@@ -38,6 +39,7 @@ def served(
 
     from inspectloop.gateway.app import start  # noqa: PLC0415
 
+    http_port, grpc_port = pick_free_ports(2)
     settings = GatewaySettings(
         service="gateway",
         data_dir=tmp_path_factory.mktemp("gateway"),
@@ -46,8 +48,8 @@ def served(
         ),
         gateway=GatewaySection(
             model_name=NAME,
-            http_port=free_port(),
-            grpc_port=free_port(),
+            http_port=http_port,
+            grpc_port=grpc_port,
             triton=TritonSettings(url=served_models),
         ),
     )

@@ -3,7 +3,6 @@ over the embedded bus and blob store. For the gateway benchmark and the load tes
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,16 +12,10 @@ from pathlib import Path
 import requests
 
 from inspectloop.devtools.harness import TritonServer
-from inspectloop.devtools.harness.process import default_cache_dir
+from inspectloop.devtools.harness.process import default_cache_dir, pick_free_ports
 from inspectloop.devtools.tiny_models import NAME, SPEC, write_models
 from inspectloop.gateway.settings import GatewaySection, GatewaySettings, TritonSettings
 from inspectloop.trainer.model import ModelSpec
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_healthy(url: str, timeout: float) -> None:
@@ -88,13 +81,14 @@ def gateway_stack(
     try:
         for name in names:
             triton.load_model(name)
+        http_port, grpc_port = pick_free_ports(2)
         settings = GatewaySettings(
             service="gateway",
             data_dir=work / "gateway",
             gateway=GatewaySection(
                 model_name=names[0],
-                http_port=free_port(),
-                grpc_port=free_port(),
+                http_port=http_port,
+                grpc_port=grpc_port,
                 replicas=replicas,
                 triton=TritonSettings(url=triton.grpc_url),
             ),
