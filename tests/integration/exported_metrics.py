@@ -10,10 +10,19 @@ from inspectloop.gateway.metrics import GatewayMetrics
 from inspectloop.monitor.metrics import MonitorMetrics
 from inspectloop.registry.metrics import RegistryMetrics
 from inspectloop.rollout.metrics import RolloutMetrics
+from inspectloop.trainer.metrics import TrainerMetrics
 
 
 def exported_metrics() -> frozenset[str]:
     registry = CollectorRegistry()
-    for metrics in (BusMetrics, GatewayMetrics, MonitorMetrics, RegistryMetrics, RolloutMetrics):
+    services = (
+        BusMetrics,
+        GatewayMetrics,
+        MonitorMetrics,
+        RegistryMetrics,
+        RolloutMetrics,
+        TrainerMetrics,
+    )
+    for metrics in services:
         metrics(registry)
     return frozenset(metric_names(registry))

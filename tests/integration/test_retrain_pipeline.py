@@ -44,6 +44,7 @@ from inspectloop.simulator.dataset import DatasetSpec, write_dataset
 from inspectloop.simulator.render import encode_png
 from inspectloop.trainer.data import load_split
 from inspectloop.trainer.gates import GateSettings
+from inspectloop.trainer.metrics import TrainerMetrics
 from inspectloop.trainer.model import ModelSpec, build_model
 from inspectloop.trainer.packaging import deterministic_tarball, reference_outputs, sha256_file
 from inspectloop.trainer.runner import LocalRayRunner
@@ -111,6 +112,7 @@ def test_retrain_request_to_registered_version_served_by_triton(
         synthesised_subtle_images=SYNTHESISED_SUBTLE,
     )
     registry = RegistryClient(registry_url, TOKEN)
+    trainer_metrics = CollectorRegistry()
     service = TrainerService(
         settings,
         bus=bus,
@@ -118,6 +120,7 @@ def test_retrain_request_to_registered_version_served_by_triton(
         registry=registry,
         runner=local_ray,
         labels=LabelStore(tmp_path / "labels.sqlite3"),
+        metrics=TrainerMetrics(trainer_metrics),
     )
     request = RetrainRequest(
         request_id="req-1",
@@ -129,7 +132,7 @@ def test_retrain_request_to_registered_version_served_by_triton(
 
     trained = []
     with bus.consumer(
-        "trainer", [RETRAIN_REQUESTS], lambda e: trained.append(service.retrain(e.message))
+        "trainer", [RETRAIN_REQUESTS], lambda e: trained.append(service.answer(e.message))
     ) as consumer:
         deadline = time.monotonic() + 600
         while not trained and time.monotonic() < deadline:
@@ -164,6 +167,20 @@ def test_retrain_request_to_registered_version_served_by_triton(
         == result.stage
         == ("validated" if gates["accuracy"]["passed"] else "rejected")
     )
+    # The trainer's metrics count the request once, under the stage it ended in.
+    assert (
+        trainer_metrics.get_sample_value(
+            "inspectloop_trainer_retrains_requests_total", {"outcome": result.stage}
+        )
+        == 1
+    )
+    assert (
+        trainer_metrics.get_sample_value(
+            "inspectloop_trainer_retrain_duration_seconds_count", {"outcome": result.stage}
+        )
+        == 1
+    )
+    assert trainer_metrics.get_sample_value("inspectloop_trainer_retrains_running_requests") == 0
     for artifact in record["artifacts"]:
         body = httpx.get(
             f"{registry_url}/v1/artifacts/{artifact['sha256']}",

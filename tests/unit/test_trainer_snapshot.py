@@ -7,11 +7,15 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from inspectloop.core.blobstore import FilesystemBlobStore
 from inspectloop.core.errors import PermanentError
+from inspectloop.core.events import Envelope, Event
+from inspectloop.core.topics import RETRAIN_REQUESTS
 from inspectloop.simulator.dataset import DatasetSpec, write_dataset
 from inspectloop.trainer.data import load_split
+from inspectloop.trainer.metrics import TrainerMetrics
 from inspectloop.trainer.model import ModelSpec
 from inspectloop.trainer.service import TrainerService
 from inspectloop.trainer.settings import TrainerSection
@@ -76,6 +80,7 @@ def test_the_new_appearance_is_repeated_and_the_reference_is_not(tmp_path: Path)
 
 def test_a_retrain_request_waits_for_the_labels_it_requires(tmp_path: Path) -> None:
     labels = LabelStore(tmp_path / "labels.sqlite3")
+    metrics = CollectorRegistry()
     service = TrainerService(
         TrainerSection(work_dir=tmp_path / "trainer", label_wait_s=0.2),
         bus=None,  # type: ignore[arg-type]  # not reached: the request is refused first
@@ -83,14 +88,24 @@ def test_a_retrain_request_waits_for_the_labels_it_requires(tmp_path: Path) -> N
         registry=None,  # type: ignore[arg-type]
         runner=None,  # type: ignore[arg-type]
         labels=labels,
+        metrics=TrainerMetrics(metrics),
     )
     request = RetrainRequest(request_id="r-1", min_labelled_images=2)
     request.scope.lines.append("line-1")
     for k, line in enumerate(["line-1", "line-2"]):
         labels.add(LabelledImage(f"{k:064x}", "good", line, "4711", "B", "operator:op"), 0.0)
+    event = Event(
+        Envelope.new(RETRAIN_REQUESTS, "test"), request, RETRAIN_REQUESTS.name, 0, 0, None
+    )
     with pytest.raises(
         PermanentError, match="needs 2 operator-labelled images in scope; the trainer holds 1"
     ):
-        service.wait_for_labels(request)
+        service.handle_retrain(event)
+    # Dead-lettered: counted as failed, and no longer running.
+    failed = {"outcome": "failed"}
+    assert metrics.get_sample_value("inspectloop_trainer_retrains_requests_total", failed) == 1
+    count = "inspectloop_trainer_retrain_duration_seconds_count"
+    assert metrics.get_sample_value(count, failed) == 1
+    assert metrics.get_sample_value("inspectloop_trainer_retrains_running_requests") == 0
     labels.add(LabelledImage(f"{9:064x}", "good", "line-1", "4711", "B", "operator:op"), 0.0)
     service.wait_for_labels(request)  # returns: two in scope now

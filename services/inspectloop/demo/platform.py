@@ -77,6 +77,7 @@ class Addresses:
     prometheus: str
     ray_dashboard: str
     monitor_metrics: str
+    trainer_metrics: str
     rollout_metrics: str
     logs: Path
 
@@ -90,6 +91,7 @@ class Addresses:
             f"prometheus:      {self.prometheus}",
             f"ray dashboard:   {self.ray_dashboard}",
             f"monitor metrics: {self.monitor_metrics}",
+            f"trainer metrics: {self.trainer_metrics}",
             f"rollout metrics: {self.rollout_metrics}",
             f"logs:            {self.logs}",
         ]
@@ -108,11 +110,6 @@ def _service(
 
 def _answers(url: str) -> bool:
     return httpx.get(url, timeout=2).status_code == 200
-
-
-def _logged(path: Path, text: str) -> Callable[[], bool]:
-    """Ready once the service has logged ``text`` (a consumer-only service serves nothing)."""
-    return lambda: path.exists() and text in path.read_text(encoding="utf-8", errors="replace")
 
 
 def _components(
@@ -157,12 +154,12 @@ def process_platform(
     logs = work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     reference = seed_dataset(config, scenario, echo)
-    http_port, grpc_port, monitor_port, rollout_port = pick_free_ports(4)
+    http_port, grpc_port, monitor_port, trainer_port, rollout_port = pick_free_ports(5)
     with contextlib.ExitStack() as stack:
         kafka, triton, ray_head, prometheus = _components(
             stack,
             work,
-            [f"127.0.0.1:{port}" for port in (http_port, monitor_port, rollout_port)],
+            [f"127.0.0.1:{port}" for port in (http_port, monitor_port, trainer_port, rollout_port)],
             echo,
         )
         repository = triton.model_repository
@@ -250,8 +247,8 @@ def process_platform(
                 "trainer",
                 "inspectloop.trainer.service",
                 logs,
-                {**env("trainer"), **settings_env("trainer", trainer)},
-                _logged(logs / "trainer.log", "trainer ready"),
+                {**env("trainer", trainer_port), **settings_env("trainer", trainer)},
+                lambda: _answers(f"http://127.0.0.1:{trainer_port}/metrics"),
             )
         )
         rollout = rollout_section(
@@ -281,6 +278,7 @@ def process_platform(
             prometheus=prometheus.url,
             ray_dashboard=ray_head.dashboard_url,
             monitor_metrics=f"http://127.0.0.1:{monitor_port}/metrics",
+            trainer_metrics=f"http://127.0.0.1:{trainer_port}/metrics",
             rollout_metrics=f"http://127.0.0.1:{rollout_port}/metrics",
             logs=logs,
         )

@@ -48,6 +48,7 @@ from inspectloop.rollout.metrics import RolloutMetrics
 from inspectloop.rollout.service import RolloutController, RolloutStore
 from inspectloop.rollout.settings import MetricsSourceSettings
 from inspectloop.simulator.scenario import load_scenario
+from inspectloop.trainer.metrics import TrainerMetrics
 from inspectloop.trainer.runner import LocalRayRunner
 from inspectloop.trainer.service import TrainerService
 from inspectloop.trainer.snapshot import LabelStore
@@ -130,6 +131,7 @@ def embedded_plant(config: DemoConfig, echo: Callable[[str], None]) -> Iterator[
             registry=RegistryClient(registry_url, TOKEN),
             runner=LocalRayRunner(num_cpus=2),
             labels=LabelStore(work / "trainer" / "labels.sqlite3"),
+            metrics=TrainerMetrics(CollectorRegistry()),
         )
         servers = [serve_metrics(r, "127.0.0.1", 0) for r in (gateway_registry, monitor_registry)]
         for server in servers:

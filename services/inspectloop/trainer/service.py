@@ -38,6 +38,7 @@ from inspectloop.trainer.gates import (
     measure_latency,
     rejection_reasons,
 )
+from inspectloop.trainer.metrics import TrainerMetrics
 from inspectloop.trainer.model import InspectionCNN, ModelSpec, build_model
 from inspectloop.trainer.packaging import ArtifactType, package_model, sha256_file
 from inspectloop.trainer.ray_loop import TrainingConfig
@@ -99,8 +100,10 @@ class TrainerService:
         registry: RegistryClient,
         runner: TrainingRunner,
         labels: LabelStore,
+        metrics: TrainerMetrics,
     ) -> None:
         self.settings = settings
+        self._metrics = metrics
         self._bus = bus
         self._blobs = blob_store
         self._registry = registry
@@ -130,17 +133,36 @@ class TrainerService:
             ),
             labelled_at=event.envelope.time.timestamp(),
         )
+        self._metrics.labels_stored.labels(line=feedback.line).inc()
 
     def handle_retrain(self, event: Event[RetrainRequest]) -> None:
-        self.wait_for_labels(event.message)
+        self.answer(event.message)
+
+    def answer(self, request: RetrainRequest) -> TrainedVersion:
+        """Waits for the request's labels, retrains, and counts the outcome."""
+        started = time.monotonic()
+        outcome = "failed"
+        self._metrics.retrains_running.set(1)
         try:
-            self.retrain(event.message)
+            self.wait_for_labels(request)
+            trained = self.retrain(request)
+            outcome = trained.stage
+            return trained
         except BackendUnavailableError:
+            outcome = "unavailable"
             raise  # the bus pauses and redelivers once the registry or Ray is back
+        except PermanentError:
+            raise
         except Exception as exc:
             # Ray Train already restarted failed workers (max_failures); running the whole
             # training again on the same snapshot would fail the same way, for hours.
             raise PermanentError(f"retraining failed: {type(exc).__name__}: {exc}") from exc
+        finally:
+            self._metrics.retrains_running.set(0)
+            self._metrics.retrains.labels(outcome=outcome).inc()
+            self._metrics.retrain_duration.labels(outcome=outcome).observe(
+                time.monotonic() - started
+            )
 
     def wait_for_labels(self, request: RetrainRequest) -> None:
         """Returns once the label store holds the request's ``min_labelled_images`` in scope.
@@ -454,6 +476,7 @@ def main() -> None:
     from inspectloop.core.blobstore import build_blob_store  # noqa: PLC0415
     from inspectloop.core.bus import build_bus  # noqa: PLC0415
     from inspectloop.core.logging import configure_logging  # noqa: PLC0415
+    from inspectloop.core.metrics import serve_metrics  # noqa: PLC0415
     from inspectloop.core.settings import load_settings  # noqa: PLC0415
     from inspectloop.core.topics import FEEDBACK, RETRAIN_REQUESTS  # noqa: PLC0415
     from inspectloop.trainer.runner import build_runner  # noqa: PLC0415
@@ -475,6 +498,7 @@ def main() -> None:
         registry=RegistryClient(section.registry_url, token),
         runner=build_runner(section.ray_address, ray_token),
         labels=LabelStore(section.work_dir / "labels.sqlite3"),
+        metrics=TrainerMetrics(metrics_registry),
     )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -484,10 +508,19 @@ def main() -> None:
     labels_thread = threading.Thread(target=feedback.run, args=(stop,), daemon=True)
     labels_thread.start()
     retrain = bus.consumer("trainer", [RETRAIN_REQUESTS], service.handle_retrain)
+    server = (
+        serve_metrics(metrics_registry, settings.metrics.host, settings.metrics.port)
+        if settings.metrics.port
+        else None
+    )
     log.info("trainer ready: model %s, ray %s", section.model_name, section.ray_address or "local")
-    retrain.run(stop)
-    labels_thread.join(timeout=30)
-    bus.close()
+    try:
+        retrain.run(stop)
+    finally:
+        labels_thread.join(timeout=30)
+        if server is not None:
+            server.close()
+        bus.close()
 
 
 if __name__ == "__main__":
