@@ -7,6 +7,8 @@ backend, the backend this machine's Triton has). In the same run, on the same im
 (a) our gateway: the gRPC ``Inspect`` call a line PC makes, through Ray Serve's proxy to the
     gateway replica, which decodes the PNG, calls Triton, computes the image statistics, stores
     the image in the blob store and publishes the InspectionEvent on the embedded bus;
+(a'') the same call straight to the replica's own gRPC server (``gateway.direct_ingress``: Ray
+    Serve's direct ingress, user code on the replica's event loop; the whole stack runs so);
 (a') the same through the HTTP API (JSON, base64 image);
 (a0) the gateway's core in this process, without Ray Serve (where the time goes);
 (b) tritonclient's gRPC ``infer`` straight to Triton, with decoded pixels;
@@ -63,7 +65,8 @@ from inspectloop.trainer.packaging import (
 from inspectloop.v1.inspect_service_pb2 import InspectRequest
 
 SPEC = ModelSpec()  # the production model: 128 px
-GATEWAY_GRPC = "(a) gateway, gRPC"
+GATEWAY_GRPC = "(a) gateway, gRPC through Serve's proxy"
+GATEWAY_DIRECT = "(a'') gateway, gRPC, Serve direct ingress"
 GATEWAY_CORE = "(a0) gateway core in-process, no Serve"
 TRITON = "(b) Triton, tritonclient gRPC"
 TRITON_UNBATCHED = "(b') Triton without dynamic batching"
@@ -179,9 +182,11 @@ def main() -> None:
             names=(BATCHED, UNBATCHED),
             batching={UNBATCHED: False},
             max_queue_delay_us=0,
+            direct_ingress=True,
         ) as stack,
     ):
         gateway = GrpcInspectClient(stack.grpc_target)
+        direct = GrpcInspectClient(stack.direct_grpc_target)
         core = in_process_gateway(stack, Path(tmp))
         triton = triton_grpc.InferenceServerClient(stack.triton.grpc_url)
         session = ort_session(stack.onnx_dir / f"{BATCHED}-1.onnx", threads=1)
@@ -197,6 +202,7 @@ def main() -> None:
 
         calls: dict[str, Callable[[int], object]] = {
             GATEWAY_GRPC: lambda i: gateway.inspect(inspect_request(pngs, i), 30),
+            GATEWAY_DIRECT: lambda i: direct.inspect(inspect_request(pngs, i), 30),
             "(a') gateway, HTTP JSON": http,
             GATEWAY_CORE: lambda i: core.inspect(inspect_request(pngs, i)),
             TRITON: triton_call(triton, BATCHED, pixels),
@@ -211,6 +217,7 @@ def main() -> None:
         rows[(TRITON_UNBATCHED, 8)] = measure(unbatched, n, 8)
         batch_sizes = {name: mean_batch(triton, name) for name in (BATCHED, UNBATCHED)}
         gateway.close()
+        direct.close()
         core.close()
         triton.close()
 
@@ -221,18 +228,22 @@ def main() -> None:
     for (name, concurrency), r in rows.items():
         print(f"| {name} | {concurrency} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.per_s:.0f} |")
     added = rows[(gw, 1)].p50_ms - rows[(tr, 1)].p50_ms
+    added_direct = rows[(GATEWAY_DIRECT, 1)].p50_ms - rows[(tr, 1)].p50_ms
     batching = rows[(tr, 8)].per_s / rows[(tr_alone, 8)].per_s
     print(
-        f"gateway adds {added:.2f} ms at p50 over Triton (goal <= {GOAL_ADDED_MS:g}); "
+        f"gateway adds {added_direct:.2f} ms at p50 over Triton with Serve's direct ingress, "
+        f"{added:.2f} ms through Serve's proxy (goal <= {GOAL_ADDED_MS:g}); "
         f"Triton adds {rows[(tr, 1)].p50_ms - rows[(ort, 1)].p50_ms:.2f} ms over onnxruntime; "
         f"dynamic batching: {batching:.2f}x requests/s at concurrency 8 "
         f"(goal >= {GOAL_BATCHING:g}x)"
     )
     core_added = rows[(GATEWAY_CORE, 1)].p50_ms - rows[(tr, 1)].p50_ms
     hop = rows[(gw, 1)].p50_ms - rows[(GATEWAY_CORE, 1)].p50_ms
+    hop_direct = rows[(GATEWAY_DIRECT, 1)].p50_ms - rows[(GATEWAY_CORE, 1)].p50_ms
     print(
         f"the gateway's own work in-process adds {core_added:.2f} ms at p50; Ray Serve's proxy "
-        f"and replica hop {hop:.2f} ms. Mean batch Triton ran (all rows): "
+        f"and replica hop {hop:.2f} ms, the replica's own server (direct ingress) "
+        f"{hop_direct:.2f} ms. Mean batch Triton ran (all rows): "
         f"{batch_sizes[BATCHED]:.2f} with its dynamic batcher, {batch_sizes[UNBATCHED]:.2f} "
         "without"
     )

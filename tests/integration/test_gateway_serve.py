@@ -37,9 +37,9 @@ def served(
     import ray  # noqa: PLC0415
     from ray import serve  # noqa: PLC0415
 
-    from inspectloop.gateway.app import start  # noqa: PLC0415
+    from inspectloop.gateway.app import init_local_ray, start  # noqa: PLC0415
 
-    http_port, grpc_port = pick_free_ports(2)
+    http_port, grpc_port, direct_http_port, direct_grpc_port = pick_free_ports(4)
     settings = GatewaySettings(
         service="gateway",
         data_dir=tmp_path_factory.mktemp("gateway"),
@@ -50,10 +50,14 @@ def served(
             model_name=NAME,
             http_port=http_port,
             grpc_port=grpc_port,
+            # The replica answers on ports of its own too, past Serve's proxy.
+            direct_ingress=True,
+            direct_http_port=direct_http_port,
+            direct_grpc_port=direct_grpc_port,
             triton=TritonSettings(url=served_models),
         ),
     )
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    init_local_ray(settings.gateway, num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         start(settings)
         wait_healthy(f"http://127.0.0.1:{settings.gateway.http_port}/healthz", 120)
@@ -63,35 +67,42 @@ def served(
         ray.shutdown()
 
 
-def api(settings: GatewaySettings, path: str) -> str:
-    return f"http://127.0.0.1:{settings.gateway.http_port}{path}"
+def api(settings: GatewaySettings, path: str, entry: str = "proxy") -> str:
+    port = settings.gateway.http_port if entry == "proxy" else settings.gateway.direct_http_port
+    return f"http://127.0.0.1:{port}{path}"
 
 
-def test_http_json_multipart_and_grpc_answer_and_publish(served: GatewaySettings) -> None:
+@pytest.mark.parametrize("entry", ["proxy", "direct"])
+def test_http_json_multipart_and_grpc_answer_and_publish(
+    served: GatewaySettings, entry: str
+) -> None:
+    """Through Serve's proxy, and straight to the replica (direct ingress)."""
+    gateway = served.gateway
+    grpc_port = gateway.grpc_port if entry == "proxy" else gateway.direct_grpc_port
     body = {
         "line": "serve-line-1",
-        "request_id": "json-1",
+        "request_id": f"{entry}-json-1",
         "content_type": "image/png",
         "image_base64": base64.b64encode(png(1)).decode(),
     }
-    answer = requests.post(api(served, "/v1/inspect"), json=body, timeout=30)
+    answer = requests.post(api(served, "/v1/inspect", entry), json=body, timeout=30)
     assert answer.status_code == 200, answer.text
     json_answer = answer.json()
     assert json_answer["decision"] == "DECISION_PASS"
     assert json_answer["model"] == {"name": NAME, "version": "1", "role": "MODEL_ROLE_STABLE"}
 
     upload = requests.post(
-        api(served, "/v1/inspect/upload"),
+        api(served, "/v1/inspect/upload", entry),
         files={"image": ("unit.png", png(2), "image/png")},
-        data={"line": "serve-line-1", "request_id": "upload-1", "sku": "SKU-01"},
+        data={"line": "serve-line-1", "request_id": f"{entry}-upload-1", "sku": "SKU-01"},
         timeout=30,
     )
     assert upload.status_code == 200, upload.text
 
-    client = GrpcInspectClient(f"127.0.0.1:{served.gateway.grpc_port}")
+    client = GrpcInspectClient(f"127.0.0.1:{grpc_port}")
     try:
         grpc_answer = client.inspect(
-            InspectRequest(line="serve-line-1", request_id="grpc-1", image=png(3)), 30
+            InspectRequest(line="serve-line-1", request_id=f"{entry}-grpc-1", image=png(3)), 30
         )
         assert grpc_answer.decision == DECISION_PASS
         assert grpc_answer.model.role == MODEL_ROLE_STABLE
@@ -117,7 +128,7 @@ def test_http_json_multipart_and_grpc_answer_and_publish(served: GatewaySettings
         consumer.close()
         bus.close()
     assert seen[upload.json()["inspection_id"]].sku == "SKU-01"
-    assert seen[grpc_answer.inspection_id].request_id == "grpc-1"
+    assert seen[grpc_answer.inspection_id].request_id == f"{entry}-grpc-1"
 
 
 @pytest.mark.parametrize(

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from inspectloop.core.errors import BackendUnavailableError
+from inspectloop.core.errors import BackendUnavailableError, ConfigError
+from inspectloop.devtools.harness.process import pick_free_ports
 from inspectloop.gateway.decision import LineModes, decision_of, prediction, review
 from inspectloop.gateway.images import InvalidImageError, decode_image
 from inspectloop.gateway.routing import RoutingTable, canary_bucket
-from inspectloop.gateway.settings import DecisionSettings, ImageLimits
+from inspectloop.gateway.settings import DecisionSettings, GatewaySection, ImageLimits
 from inspectloop.v1.common_pb2 import (
     DECISION_PASS,
     DECISION_REJECT,
@@ -177,3 +178,40 @@ def test_line_modes_apply_in_generation_order() -> None:
     assert modes.mode("line-1") == LINE_MODE_MANUAL and modes.mode("line-2") == LINE_MODE_AUTO
     with pytest.raises(ValueError, match="no valid new mode"):
         modes.apply(LineModeChanged(line="line-1", generation=3))
+
+
+# --- Serve's direct ingress -----------------------------------------------------------------
+
+
+def test_direct_ingress_is_a_ray_environment_with_a_port_range_per_protocol() -> None:
+    from inspectloop.gateway.app import serve_env  # noqa: PLC0415 - imports Ray Serve
+
+    assert serve_env(GatewaySection()) == {}
+    env = serve_env(
+        GatewaySection(
+            direct_ingress=True, direct_http_port=8710, direct_grpc_port=9710, replicas=2
+        )
+    )
+    assert env["RAY_SERVE_ENABLE_DIRECT_INGRESS"] == "1"
+    # Serve allocates from [min, max): two replicas, and room for two restarted ones.
+    assert (
+        env["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"],
+        env["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"],
+    ) == ("8710", "8714")
+    assert (
+        env["RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT"],
+        env["RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT"],
+    ) == ("9710", "9714")
+
+
+def test_direct_ingress_on_a_ray_without_it_fails_at_start_naming_the_variables() -> None:
+    from inspectloop.gateway.app import check_direct_ingress  # noqa: PLC0415
+
+    http_port, grpc_port = pick_free_ports(2)  # nothing listens there
+    section = GatewaySection(
+        direct_ingress=True, direct_http_port=http_port, direct_grpc_port=grpc_port
+    )
+    with pytest.raises(ConfigError, match="RAY_SERVE_ENABLE_DIRECT_INGRESS=1") as refused:
+        check_direct_ingress(section, timeout_s=0.5)
+    assert str(http_port) in str(refused.value)
+    check_direct_ingress(GatewaySection(), timeout_s=0)  # off: nothing to wait for

@@ -46,6 +46,11 @@ class Stack:
     def grpc_target(self) -> str:
         return f"127.0.0.1:{self.settings.gateway.grpc_port}"
 
+    @property
+    def direct_grpc_target(self) -> str:
+        """The replica's own gRPC port (direct ingress), past Serve's proxy."""
+        return f"127.0.0.1:{self.settings.gateway.direct_grpc_port}"
+
 
 @contextmanager
 def gateway_stack(
@@ -56,13 +61,15 @@ def gateway_stack(
     batching: dict[str, bool] | None = None,
     max_queue_delay_us: int = 1000,
     replicas: int = 1,
+    direct_ingress: bool = False,
 ) -> Iterator[Stack]:
     """Triton serving ``names`` (each the three tiny versions; ``batching[name]`` False turns
-    its dynamic batcher off) and the gateway routing to the first of them."""
-    import ray  # noqa: PLC0415
+    its dynamic batcher off) and the gateway routing to the first of them; with
+    ``direct_ingress``, its replica also answers on ports of its own (``Stack.direct_*``)."""
+    import ray  # noqa: PLC0415 - for shutdown
     from ray import serve  # noqa: PLC0415
 
-    from inspectloop.gateway.app import start  # noqa: PLC0415
+    from inspectloop.gateway.app import init_local_ray, start  # noqa: PLC0415
 
     repository, onnx_dir = work / "models", work / "onnx"
     repository.mkdir(parents=True)
@@ -81,7 +88,7 @@ def gateway_stack(
     try:
         for name in names:
             triton.load_model(name)
-        http_port, grpc_port = pick_free_ports(2)
+        http_port, grpc_port, direct_http_port, direct_grpc_port = pick_free_ports(4)
         settings = GatewaySettings(
             service="gateway",
             data_dir=work / "gateway",
@@ -90,10 +97,13 @@ def gateway_stack(
                 http_port=http_port,
                 grpc_port=grpc_port,
                 replicas=replicas,
+                direct_ingress=direct_ingress,
+                direct_http_port=direct_http_port,
+                direct_grpc_port=direct_grpc_port,
                 triton=TritonSettings(url=triton.grpc_url),
             ),
         )
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        init_local_ray(settings.gateway, num_cpus=2, include_dashboard=False, log_to_driver=False)
         try:
             start(settings)
             stack = Stack(triton, settings, onnx_dir)

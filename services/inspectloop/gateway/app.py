@@ -21,7 +21,11 @@ taken for a query parameter.
 import asyncio
 import base64
 import binascii
+import ipaddress
 import logging
+import os
+import socket
+import time
 from typing import Annotated, Any
 
 import grpc
@@ -32,9 +36,9 @@ from pydantic import BaseModel, Field
 from ray import serve
 from ray.serve.grpc_util import RayServegRPCContext
 
-from inspectloop.core.errors import BackendUnavailableError, PermanentError
+from inspectloop.core.errors import BackendUnavailableError, ConfigError, PermanentError
 from inspectloop.gateway.images import InvalidImageError
-from inspectloop.gateway.settings import GatewaySettings
+from inspectloop.gateway.settings import GatewaySection, GatewaySettings
 from inspectloop.v1.inspect_service_pb2 import InspectRequest, InspectResponse
 
 log = logging.getLogger(__name__)
@@ -194,6 +198,77 @@ class GatewayDeployment:
             gateway.close()
 
 
+def serve_env(section: GatewaySection) -> dict[str, str]:
+    """The environment the Ray processes need for ``section``: Serve reads these switches when
+    its controller and replicas start, so they belong to the Ray cluster, not to the job."""
+    if not section.direct_ingress:
+        return {}
+    # Twice the replicas: a restarted replica takes the next port while its predecessor's
+    # port is quarantined.
+    span = 2 * section.replicas
+    return {
+        "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
+        "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(section.direct_http_port),
+        "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(section.direct_http_port + span),
+        "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(section.direct_grpc_port),
+        "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(section.direct_grpc_port + span),
+        # The handlers already move blocking work to threads (FastAPI's pool, to_thread).
+        "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+    }
+
+
+def init_local_ray(section: GatewaySection, **options: Any) -> None:
+    """``ray.init(**options)`` for a local Ray whose processes inherit ``serve_env(section)``;
+    this process's environment is left as it was."""
+    import ray  # noqa: PLC0415
+
+    env = serve_env(section)
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    try:
+        ray.init(**options)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def check_direct_ingress(section: GatewaySection, timeout_s: float = 60) -> None:
+    """With direct ingress on, wait until the first replica listens on its direct ports; a Ray
+    cluster started without ``serve_env`` never does, which is a deployment error."""
+    if not section.direct_ingress:
+        return
+    ports = [section.direct_http_port] + ([section.direct_grpc_port] if section.grpc_port else [])
+    host = "127.0.0.1" if _is_wildcard(section.http_host) else section.http_host
+    deadline = time.monotonic() + timeout_s
+    while not all(_listens(host, port) for port in ports):
+        if time.monotonic() > deadline:
+            variables = ", ".join(f"{k}={v}" for k, v in serve_env(section).items())
+            raise ConfigError(
+                f"gateway.direct_ingress is on but nothing listens on ports {ports}: start "
+                f"the Ray cluster with {variables}"
+            )
+        time.sleep(0.2)
+
+
+def _is_wildcard(host: str) -> bool:
+    """Whether ``host`` means every interface (then loopback reaches it)."""
+    try:
+        return ipaddress.ip_address(host or "::").is_unspecified
+    except ValueError:  # a host name
+        return False
+
+
+def _listens(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
 def start(settings: GatewaySettings) -> None:
     """Start Serve's proxies on the gateway's ports and deploy the gateway application."""
     from ray.serve.config import HTTPOptions, gRPCOptions  # noqa: PLC0415
@@ -211,6 +286,7 @@ def start(settings: GatewaySettings) -> None:
     # would mask its secrets.
     app = deployment.options(num_replicas=section.replicas).bind(settings)
     serve.run(app, name=APPLICATION, route_prefix="/")
+    check_direct_ingress(section)
 
 
 def main() -> None:
@@ -225,13 +301,20 @@ def main() -> None:
 
     settings = load_settings(GatewaySettings, service="gateway")
     configure_logging(settings.logging, settings.service)
-    ray.init(include_dashboard=False)
+    if os.environ.get("RAY_ADDRESS"):  # a cluster's Ray: started with serve_env already
+        ray.init(include_dashboard=False)
+    else:
+        init_local_ray(settings.gateway, include_dashboard=False)
     start(settings)
+    section = settings.gateway
     log.info(
-        "gateway ready: http %s:%d, grpc %d",
-        settings.gateway.http_host,
-        settings.gateway.http_port,
-        settings.gateway.grpc_port,
+        "gateway ready: http %s:%d, grpc %d%s",
+        section.http_host,
+        section.http_port,
+        section.grpc_port,
+        f"; direct ingress http {section.direct_http_port}, grpc {section.direct_grpc_port}"
+        if section.direct_ingress
+        else "",
     )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

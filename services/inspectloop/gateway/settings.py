@@ -94,6 +94,21 @@ class GatewaySection(Section):
         default=9700, ge=0, le=65535, description="Port of the gRPC Inspect service; 0: none."
     )
     replicas: int = Field(default=1, ge=1, description="Ray Serve replicas of the gateway.")
+    direct_ingress: bool = Field(
+        default=False,
+        description="Ray Serve's direct ingress: each gateway replica also listens itself, "
+        "on direct_http_port and direct_grpc_port (the next ports for more replicas on one "
+        "node), so that a line PC's call skips Serve's proxy; user code runs on the replica's "
+        "event loop. About 8 ms less per request on a 2-core machine. Ray reads it from the "
+        "environment of its processes: a local Ray gets it from the gateway, a Ray cluster the "
+        "gateway joins (RAY_ADDRESS) must be started with serve_env()'s variables.",
+    )
+    direct_http_port: int = Field(
+        default=8710, ge=1, le=65535, description="First direct-ingress HTTP port."
+    )
+    direct_grpc_port: int = Field(
+        default=9710, ge=1, le=65535, description="First direct-ingress gRPC port."
+    )
     images: ImageLimits = Field(default_factory=ImageLimits, description="Image validation.")
     decision: DecisionSettings = Field(
         default_factory=DecisionSettings, description="Review thresholds of the line modes."
