@@ -1,7 +1,8 @@
 """The gateway keeps the real Triton's model repository in step with routing, from the registry
 (its own process, behind a proxy the test takes offline): a version that could not be fetched
-while the registry was away is fetched when it is back, and a version Triton refuses is never
-fetched again; the refused canary gets no traffic and the stable version answers."""
+while the registry was away is fetched when it is back, a version Triton refuses is never
+fetched again (the refused canary gets no traffic and the stable version answers), and a version
+routed before it is registered is served once it is."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ from inspectloop.trainer.packaging import (
     sha256_file,
     write_triton_python_entry,
 )
-from inspectloop.v1.common_pb2 import MODEL_ROLE_STABLE, ModelRef
+from inspectloop.v1.common_pb2 import MODEL_ROLE_CANARY, MODEL_ROLE_STABLE, ModelRef
 from inspectloop.v1.inspect_service_pb2 import InspectRequest
 from inspectloop.v1.rollout_pb2 import Routing
 
@@ -166,6 +167,19 @@ def test_an_unreachable_registry_is_retried_and_a_refused_version_is_not(
             ready = metrics.model_ready.labels
             assert ready(model=MODEL, version="1")._value.get() == 1
             assert ready(model=MODEL, version="2")._value.get() == 0
+
+            # Routing names a version the registry does not have yet (as the default version
+            # before the first training): retried, not refused, and served once registered.
+            routing.generation, routing.canary.version = 2, "3"
+            bus.publish(ROUTING, routing).result(10)
+            poll_until(lambda: failures("3") >= 2, timeout=60, what="retries of version 3")
+            assert (MODEL, "3") not in sync.refused
+            client = RegistryClient(registry_url, TOKEN)
+            register(client, 3, tmp_path / "models", loadable=True)
+            client.close()
+            poll_until(lambda: triton.ready(MODEL, "3"), timeout=120, what="version 3 served")
+            answer = gateway.inspect(inspect(6))
+            assert (answer.model.version, answer.model.role) == ("3", MODEL_ROLE_CANARY)
         finally:
             gateway.close()
             if triton_server.is_model_ready(MODEL):

@@ -9,11 +9,12 @@ only holds versions Triton can serve; the versions already serving are untouched
 them when a reload fails), the failure is counted in ``model_load_failures_errors_total`` (an
 alert rule watches it), and the version gets no traffic because it is not ready.
 
-What happens next depends on the failure. A refused version (no such artifact, a SHA-256
-mismatch, a stray path in the tarball, a model Triton will not load) is never tried again:
-artifacts are content-addressed, so the same bytes would fail the same way. A registry or Triton
-that could not be reached is transient: the next ``ensure`` tries again (the gateway calls it on
-every routing change and every ``models.retry_s``).
+What happens next depends on the failure. A refused version (its record names no such
+artifact, a SHA-256 mismatch, a stray path in the tarball, a model Triton will not load) is
+never tried again: artifacts are content-addressed, so the same bytes would fail the same way.
+Everything else is retried by the next ``ensure`` (the gateway calls it on every routing change
+and every ``models.retry_s``): a registry or Triton that could not be reached, and a version the
+registry does not have yet (the default version, before the first training registers it).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import tempfile
 import threading
 from pathlib import Path, PurePosixPath
 
-from inspectloop.core.errors import InspectloopError, PermanentError
+from inspectloop.core.errors import InspectloopError, PermanentError, TransientError
 from inspectloop.core.registry_client import RegistryClient
 from inspectloop.gateway.metrics import GatewayMetrics
 from inspectloop.gateway.triton import TritonModels
@@ -67,6 +68,11 @@ class RepositorySync:
                     self.triton.load(name)
                     log.info("model %s v%s loaded on Triton from the registry", name, version)
                 except InspectloopError as exc:
+                    # The repository is put back first: whoever sees the failure counted or
+                    # the refusal recorded sees the repository without the version.
+                    shutil.rmtree(self.repository / name / version, ignore_errors=True)
+                    if previous is not None:  # the serving versions' config, as it was
+                        config.write_bytes(previous)
                     self.metrics.model_load_failures.labels(model=name, version=version).inc()
                     if isinstance(exc, PermanentError):
                         self.refused.add((name, version))
@@ -75,12 +81,14 @@ class RepositorySync:
                         log.warning(
                             "model %s v%s not served yet, will retry: %s", name, version, exc
                         )
-                    shutil.rmtree(self.repository / name / version, ignore_errors=True)
-                    if previous is not None:  # the serving versions' config, as it was
-                        config.write_bytes(previous)
 
     def _install(self, name: str, version: str) -> None:
-        record = self.registry.version(name, int(version))
+        try:
+            record = self.registry.version(name, int(version))
+        except PermanentError as exc:
+            # Not registered yet (the default version before the first training), or not
+            # readable with this token: nothing about the artifact is known, so it is retried.
+            raise TransientError(f"the registry has no {name} v{version} for us: {exc}") from exc
         artifact = next(
             (
                 a
