@@ -27,11 +27,11 @@ from prometheus_client import CollectorRegistry
 
 from inspectloop.core.bus import EventBus, build_bus
 from inspectloop.core.events import Event
+from inspectloop.core.readiness import poll_until
 from inspectloop.core.registry_client import RegistryClient
 from inspectloop.core.settings import BusSettings, KafkaSettings, LocalBusSettings
 from inspectloop.core.topics import EDGE_HEARTBEATS, INSPECTIONS, ROUTING
 from inspectloop.devtools.harness import KafkaBroker
-from inspectloop.devtools.harness.process import poll_until
 from inspectloop.devtools.registry_process import (
     RegistryProxy,
     RegistryUser,

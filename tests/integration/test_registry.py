@@ -25,10 +25,10 @@ from typer.testing import CliRunner
 
 from inspectloop.core.blobstore import build_blob_store
 from inspectloop.core.bus import build_bus
+from inspectloop.core.readiness import poll_until
 from inspectloop.core.settings import BlobStoreSettings, BusSettings, LocalBusSettings
 from inspectloop.core.topics import MODELS, ROLLOUTS
 from inspectloop.devtools.harness import ManagedProcess, PostgresServer, pick_free_port
-from inspectloop.devtools.harness.process import poll_until
 from inspectloop.registry.api import create_app
 from inspectloop.registry.auth import Role
 from inspectloop.registry.cli import registry_app

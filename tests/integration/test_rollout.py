@@ -29,6 +29,7 @@ from inspectloop.core.blobstore import FilesystemBlobStore
 from inspectloop.core.bus import EventBus, build_bus
 from inspectloop.core.events import Event, Topic
 from inspectloop.core.metrics import MetricsServer, serve_metrics
+from inspectloop.core.readiness import poll_until
 from inspectloop.core.registry_client import RegistryClient
 from inspectloop.core.settings import BusSettings, LocalBusSettings
 from inspectloop.core.topics import (
@@ -41,7 +42,7 @@ from inspectloop.core.topics import (
     ROUTING,
 )
 from inspectloop.devtools.harness import PrometheusServer
-from inspectloop.devtools.harness.process import ManagedProcess, poll_until
+from inspectloop.devtools.harness.process import ManagedProcess
 from inspectloop.devtools.registry_process import RegistryUser, registry_process
 from inspectloop.devtools.tiny_models import NAME, png, write_edge_model
 from inspectloop.edge.agent import FOLLOWED, PRODUCED, EdgeAgent

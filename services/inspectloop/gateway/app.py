@@ -24,8 +24,6 @@ import binascii
 import ipaddress
 import logging
 import os
-import socket
-import time
 from typing import Annotated, Any
 
 import grpc
@@ -37,6 +35,7 @@ from ray import serve
 from ray.serve.grpc_util import RayServegRPCContext
 
 from inspectloop.core.errors import BackendUnavailableError, ConfigError, PermanentError
+from inspectloop.core.readiness import LOOPBACK, is_port_open, poll_until
 from inspectloop.gateway.images import InvalidImageError
 from inspectloop.gateway.settings import GatewaySection, GatewaySettings
 from inspectloop.v1.inspect_service_pb2 import InspectRequest, InspectResponse
@@ -241,16 +240,19 @@ def check_direct_ingress(section: GatewaySection, timeout_s: float = 60) -> None
     if not section.direct_ingress:
         return
     ports = [section.direct_http_port] + ([section.direct_grpc_port] if section.grpc_port else [])
-    host = "127.0.0.1" if _is_wildcard(section.http_host) else section.http_host
-    deadline = time.monotonic() + timeout_s
-    while not all(_listens(host, port) for port in ports):
-        if time.monotonic() > deadline:
-            variables = ", ".join(f"{k}={v}" for k, v in serve_env(section).items())
-            raise ConfigError(
-                f"gateway.direct_ingress is on but nothing listens on ports {ports}: start "
-                f"the Ray cluster with {variables}"
-            )
-        time.sleep(0.2)
+    host = LOOPBACK if _is_wildcard(section.http_host) else section.http_host
+    try:
+        poll_until(
+            lambda: all(is_port_open(port, host) for port in ports),
+            timeout=timeout_s,
+            what=f"the gateway replica listening on ports {ports}",
+        )
+    except BackendUnavailableError:
+        variables = ", ".join(f"{k}={v}" for k, v in serve_env(section).items())
+        raise ConfigError(
+            f"gateway.direct_ingress is on but nothing listens on ports {ports}: start "
+            f"the Ray cluster with {variables}"
+        ) from None
 
 
 def _is_wildcard(host: str) -> bool:
@@ -258,14 +260,6 @@ def _is_wildcard(host: str) -> bool:
     try:
         return ipaddress.ip_address(host or "::").is_unspecified
     except ValueError:  # a host name
-        return False
-
-
-def _listens(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
         return False
 
 

@@ -5,6 +5,7 @@ Each component is fetched or installed once into a cache (``$INSPECTLOOP_CACHE_D
 output in a log file, and is waited on by polling readiness against a deadline.
 """
 
+from inspectloop.core.readiness import poll_until
 from inspectloop.devtools.harness.kafka import KafkaBroker, fetch_kafka
 from inspectloop.devtools.harness.postgres import PostgresServer
 from inspectloop.devtools.harness.process import (
@@ -12,7 +13,6 @@ from inspectloop.devtools.harness.process import (
     default_cache_dir,
     pick_free_port,
     pick_free_ports,
-    poll_until,
 )
 from inspectloop.devtools.harness.prometheus import PrometheusServer, ensure_installed
 from inspectloop.devtools.harness.triton import (

@@ -20,13 +20,13 @@ from typing import Annotated, Any
 import typer
 
 from inspectloop.core.errors import InspectloopError
+from inspectloop.core.readiness import is_port_open
 from inspectloop.devtools.harness.kafka import KafkaBroker, fetch_kafka
 from inspectloop.devtools.harness.postgres import PostgresServer
 from inspectloop.devtools.harness.postgres import ensure_installed as ensure_postgres
 from inspectloop.devtools.harness.process import (
     DEFAULT_STOP_GRACE_S,
     default_cache_dir,
-    is_port_open,
     process_group_alive,
     terminate_process_group,
 )

@@ -24,12 +24,11 @@ from types import TracebackType
 from typing import Any
 
 from inspectloop.core.errors import BackendUnavailableError, ConfigError
+from inspectloop.core.readiness import LOOPBACK, is_port_open
 from inspectloop.devtools.harness.process import (
-    LOOPBACK,
     ManagedProcess,
     ensure_ports_free,
     exclusive_lock,
-    is_port_open,
     pick_free_ports,
     read_log_tail,
 )

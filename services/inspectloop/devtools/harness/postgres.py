@@ -38,8 +38,8 @@ import psycopg
 from psycopg import sql
 
 from inspectloop.core.errors import BackendUnavailableError, ConfigError
+from inspectloop.core.readiness import LOOPBACK
 from inspectloop.devtools.harness.process import (
-    LOOPBACK,
     ManagedProcess,
     default_cache_dir,
     ensure_ports_free,

@@ -23,18 +23,19 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import ClassVar, TypeVar
+from typing import ClassVar
 
 from inspectloop.core.errors import BackendUnavailableError, ConfigError
+from inspectloop.core.readiness import (
+    DEFAULT_POLL_INTERVAL_S,
+    LOOPBACK,
+    is_port_open,
+)
 
 logger = logging.getLogger(__name__)
 
-LOOPBACK = "127.0.0.1"
-DEFAULT_POLL_INTERVAL_S = 0.2
 DEFAULT_STOP_GRACE_S = 20.0
 LOG_TAIL_LINES = 40
-
-T = TypeVar("T")
 
 # Error lines in the formats of the components the harness runs: log4j (Kafka), Triton's glog
 # ("E1127 ..."), Prometheus's logfmt, and Java exceptions.
@@ -73,15 +74,6 @@ def pick_free_port(host: str = LOOPBACK) -> int:
     return pick_free_ports(1, host)[0]
 
 
-def is_port_open(port: int, host: str = LOOPBACK, timeout: float = 0.5) -> bool:
-    """True when something accepts TCP connections on ``host:port``."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
 def ensure_ports_free(component: str, ports: Sequence[int], host: str = LOOPBACK) -> None:
     """Fail before starting if something already listens on one of the component's ports.
 
@@ -103,37 +95,6 @@ def read_log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
             return "".join(deque(log, maxlen=lines)).rstrip("\n") or "<log is empty>"
     except FileNotFoundError:
         return f"<no log at {path}>"
-
-
-def poll_until(
-    check: Callable[[], T | None],
-    *,
-    timeout: float,
-    what: str,
-    interval: float = DEFAULT_POLL_INTERVAL_S,
-) -> T:
-    """Call ``check`` until it returns something other than None/False, or the deadline passes.
-
-    Exceptions from ``check`` count as "not yet" (a component that is still starting refuses
-    connections); the last one is reported if the deadline passes. :class:`ConfigError` is the
-    exception: a bad argument never gets better, so it propagates at once. Returns the value.
-    """
-    deadline = time.monotonic() + timeout
-    last_error: BaseException | None = None
-    while True:
-        try:
-            result = check()
-        except ConfigError:
-            raise
-        except Exception as exc:  # any failure of a readiness probe means "not ready yet"
-            last_error = exc
-        else:
-            if result is not None and result is not False:
-                return result
-        if time.monotonic() >= deadline:
-            detail = f"; last error: {last_error!r}" if last_error is not None else ""
-            raise BackendUnavailableError(f"{what} did not happen within {timeout:g} s{detail}")
-        time.sleep(interval)
 
 
 def signal_process_group(pgid: int, sig: signal.Signals) -> bool:

@@ -23,14 +23,13 @@ from types import TracebackType
 from typing import Any
 
 from inspectloop.core.errors import BackendUnavailableError, ConfigError
+from inspectloop.core.readiness import LOOPBACK, poll_until
 from inspectloop.devtools.harness.process import (
-    LOOPBACK,
     ManagedProcess,
     default_cache_dir,
     ensure_ports_free,
     exclusive_lock,
     pick_free_port,
-    poll_until,
     read_log_tail,
 )
 

@@ -29,12 +29,11 @@ from types import TracebackType
 from typing import Any
 
 from inspectloop.core.errors import BackendUnavailableError, ConfigError, PermanentError
+from inspectloop.core.readiness import LOOPBACK, poll_until
 from inspectloop.devtools.harness.process import (
-    LOOPBACK,
     ManagedProcess,
     ensure_ports_free,
     pick_free_ports,
-    poll_until,
     read_log_tail,
 )
 
