@@ -10,6 +10,10 @@ import httpx
 from inspectloop.core.errors import BackendUnavailableError, PermanentError, TransientError
 
 
+class RegistryNotFoundError(PermanentError):
+    """The registry has no such model, version or artifact (404)."""
+
+
 class RegistryClient:
     def __init__(self, base_url: str, token: str | None, timeout_s: float = 60.0) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -18,6 +22,10 @@ class RegistryClient:
     def _check(self, response: httpx.Response) -> Any:
         if response.status_code >= 500:
             raise TransientError(f"registry {response.status_code}: {response.text[:500]}")
+        if response.status_code == 404:
+            raise RegistryNotFoundError(
+                f"registry has no {response.url.path} (404): {response.text[:500]}"
+            )
         if response.status_code >= 400:
             raise PermanentError(
                 f"registry refused ({response.status_code}): {response.text[:500]}"
@@ -64,10 +72,8 @@ class RegistryClient:
     def versions(self, model_name: str) -> list[dict[str, Any]]:
         try:
             result = self._call("GET", f"/v1/models/{model_name}/versions")
-        except PermanentError as exc:
-            if "(404)" in str(exc):  # no version of this model yet
-                return []
-            raise
+        except RegistryNotFoundError:  # no version of this model yet
+            return []
         items: list[dict[str, Any]] = result["versions"] if isinstance(result, dict) else result
         return items
 

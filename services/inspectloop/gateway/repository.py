@@ -13,8 +13,10 @@ What happens next depends on the failure. A refused version (its record names no
 artifact, a SHA-256 mismatch, a stray path in the tarball, a model Triton will not load) is
 never tried again: artifacts are content-addressed, so the same bytes would fail the same way.
 Everything else is retried by the next ``ensure`` (the gateway calls it on every routing change
-and every ``models.retry_s``): a registry or Triton that could not be reached, and a version the
-registry does not have yet (the default version, before the first training registers it).
+and every ``models.retry_s``): a registry or Triton that could not be reached, a token the
+registry refuses, and a version the registry does not have yet. That last one is not a failure
+and is not counted: it is what a fresh plant looks like (the default version is routed before the
+first training registers it), and the version's ``model_ready`` stays 0 meanwhile.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import threading
 from pathlib import Path, PurePosixPath
 
 from inspectloop.core.errors import InspectloopError, PermanentError, TransientError
-from inspectloop.core.registry_client import RegistryClient
+from inspectloop.core.registry_client import RegistryClient, RegistryNotFoundError
 from inspectloop.gateway.metrics import GatewayMetrics
 from inspectloop.gateway.triton import TritonModels
 from inspectloop.trainer.packaging import sha256_file
@@ -35,6 +37,10 @@ from inspectloop.trainer.packaging import sha256_file
 log = logging.getLogger(__name__)
 
 CONFIG = "config.pbtxt"
+
+
+class VersionNotRegisteredError(TransientError):
+    """Routing names a version the registry does not have (yet): retried, not counted."""
 
 
 class RepositorySync:
@@ -73,6 +79,9 @@ class RepositorySync:
                     shutil.rmtree(self.repository / name / version, ignore_errors=True)
                     if previous is not None:  # the serving versions' config, as it was
                         config.write_bytes(previous)
+                    if isinstance(exc, VersionNotRegisteredError):
+                        log.info("model %s v%s is not registered yet: will retry", name, version)
+                        continue
                     self.metrics.model_load_failures.labels(model=name, version=version).inc()
                     if isinstance(exc, PermanentError):
                         self.refused.add((name, version))
@@ -85,10 +94,12 @@ class RepositorySync:
     def _install(self, name: str, version: str) -> None:
         try:
             record = self.registry.version(name, int(version))
+        except RegistryNotFoundError as exc:
+            raise VersionNotRegisteredError(f"the registry has no {name} v{version}") from exc
         except PermanentError as exc:
-            # Not registered yet (the default version before the first training), or not
-            # readable with this token: nothing about the artifact is known, so it is retried.
-            raise TransientError(f"the registry has no {name} v{version} for us: {exc}") from exc
+            # Not readable with this token: nothing about the artifact is known (a token is
+            # fixed faster than a version is rebuilt), so it is retried, and counted.
+            raise TransientError(f"the registry refused {name} v{version} to us: {exc}") from exc
         artifact = next(
             (
                 a

@@ -97,6 +97,7 @@ class InspectionGateway:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._unready: set[tuple[str, str]] = set()  # routed versions last seen not ready
+        self._unready_lock = threading.Lock()
 
     # --- following routing and line modes ----------------------------------------------------
 
@@ -125,14 +126,15 @@ class InspectionGateway:
         export whether each routed version is ready."""
         if self.sync is not None:
             self.sync.ensure(self.routing.models())
-        for name, version in self.routing.models():
-            ready = self.triton.ready(name, version)
-            self.metrics.model_ready.labels(model=name, version=version).set(int(ready))
-            if ready:
-                self._unready.discard((name, version))
-            elif (name, version) not in self._unready:  # logged once, not every pass
-                self._unready.add((name, version))
-                log.warning("routed model %s v%s is not ready on Triton", name, version)
+        with self._unready_lock:  # the routing follower and the resync thread both call this
+            for name, version in self.routing.models():
+                ready = self.triton.ready(name, version)
+                self.metrics.model_ready.labels(model=name, version=version).set(int(ready))
+                if ready:
+                    self._unready.discard((name, version))
+                elif (name, version) not in self._unready:  # logged once, not every pass
+                    self._unready.add((name, version))
+                    log.warning("routed model %s v%s is not ready on Triton", name, version)
 
     def _resync_models(self) -> None:
         # Routing changes sync at once; this retries what the registry or Triton being
