@@ -107,7 +107,8 @@ def test_an_unreachable_registry_is_retried_and_a_refused_version_is_not(
                 repository=triton_model_repository, registry_url=proxy.url, retry_s=0.5
             ),
         )
-        metrics = GatewayMetrics(CollectorRegistry())
+        exported = CollectorRegistry()
+        metrics = GatewayMetrics(exported)
         triton = TritonModels(settings.triton)
         sync = RepositorySync(
             triton_model_repository,
@@ -176,6 +177,11 @@ def test_an_unreachable_registry_is_retried_and_a_refused_version_is_not(
             bus.publish(ROUTING, routing).result(10)
             poll_until(lambda: proxy.requests >= asked + 3, timeout=60, what="version 3 retried")
             assert (MODEL, "3") not in sync.refused
+            # The refused version 2 is no longer routed: its readiness series is gone (a 0 left
+            # behind would keep the not-ready alert firing).
+            series = "inspectloop_gateway_model_ready_info"
+            assert exported.get_sample_value(series, {"model": MODEL, "version": "2"}) is None
+            assert exported.get_sample_value(series, {"model": MODEL, "version": "1"}) == 1
             assert failures("3") == 0
             assert ready(model=MODEL, version="3")._value.get() == 0
             client = RegistryClient(registry_url, TOKEN)

@@ -67,7 +67,8 @@ class GatewayMetrics:
         self.model_ready = metrics.gauge(
             "model_ready",
             "info",
-            "1 when Triton serves a routed model version, 0 when it cannot (it gets no traffic).",
+            "1 when Triton serves a routed model version, 0 when it cannot (it gets no traffic); "
+            "a version leaves when routing no longer names it.",
             ["model", "version"],
         )
         self.model_load_failures = metrics.counter(

@@ -97,7 +97,8 @@ class InspectionGateway:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._unready: set[tuple[str, str]] = set()  # routed versions last seen not ready
-        self._unready_lock = threading.Lock()
+        self._exported: set[tuple[str, str]] = set()  # versions with a model_ready series
+        self._readiness_lock = threading.Lock()
 
     # --- following routing and line modes ----------------------------------------------------
 
@@ -126,8 +127,9 @@ class InspectionGateway:
         export whether each routed version is ready."""
         if self.sync is not None:
             self.sync.ensure(self.routing.models())
-        with self._unready_lock:  # the routing follower and the resync thread both call this
-            for name, version in self.routing.models():
+        with self._readiness_lock:  # the routing follower and the resync thread both call this
+            routed = self.routing.models()
+            for name, version in routed:
                 ready = self.triton.ready(name, version)
                 self.metrics.model_ready.labels(model=name, version=version).set(int(ready))
                 if ready:
@@ -135,6 +137,12 @@ class InspectionGateway:
                 elif (name, version) not in self._unready:  # logged once, not every pass
                     self._unready.add((name, version))
                     log.warning("routed model %s v%s is not ready on Triton", name, version)
+            # A version no longer routed leaves the gauge: a rolled-back canary stuck at 0
+            # would otherwise keep InspectloopRoutedModelNotReady firing for good.
+            for name, version in self._exported - routed:
+                self.metrics.model_ready.remove(name, version)
+                self._unready.discard((name, version))
+            self._exported = routed
 
     def _resync_models(self) -> None:
         # Routing changes sync at once; this retries what the registry or Triton being
