@@ -66,6 +66,7 @@ class TrainBenchConfig:
 
     seed: int = 0
     size: int = 128
+    width: float = 1.0  # the model's width multiplier (the trainer's width_multiplier)
     a_reference: int = 10000  # design A seed dataset (train/val 0.88/0.12)
     a_defect_fraction: float = 0.6
     a_subtle: int = 10000  # more design A defects at severities 0..0.35 (train)
@@ -85,6 +86,10 @@ class TrainBenchConfig:
     batch_size: int = 32  # per worker on Ray (the trainer's default); the plain loop: x workers
     new_appearance_repeats: int = 2  # as the trainer's default
     workers: int = 2
+
+    def spec(self) -> ModelSpec:
+        """The model every run here trains."""
+        return ModelSpec(input_size=self.size, width_multiplier=self.width)
 
     def scaled(self, factor: float) -> TrainBenchConfig:
         def n(value: int) -> int:
@@ -207,7 +212,7 @@ def build_redesign_snapshot(
         synthetic_datasets=[d for d in synthetic if d is not None],
         reference_train_limit=config.reference_replay,
         blob_store=blobs,
-        classes=ModelSpec(input_size=config.size).classes,
+        classes=config.spec().classes,
     )
     labels.close()
     b_test = root / "test-B"
@@ -232,7 +237,7 @@ def train_parent(config: TrainBenchConfig, references: list[Path], out: Path) ->
     loaded from ``out`` when it exists."""
     if out.exists():
         return out
-    spec = ModelSpec(input_size=config.size)
+    spec = config.spec()
     train = ImageSet.concat([load_split(d, "train") for d in references if (d / "train").exists()])
     val = ImageSet.concat([load_split(d, "val") for d in references if (d / "val").exists()])
     model = build_model(spec, seed=config.seed)
@@ -276,7 +281,7 @@ def retrain_on_ray(
     progress = work / "progress"
     training = TrainingConfig(
         dataset_dir=str(snapshot),
-        spec=ModelSpec(input_size=config.size).to_dict(),
+        spec=config.spec().to_dict(),
         epochs=config.epochs,
         lr=config.lr,
         batch_size=config.batch_size,
@@ -300,7 +305,7 @@ def retrain_on_ray(
     last_report = max(
         (progress / f"worker-{r}.epoch").stat().st_mtime for r in range(config.workers)
     )
-    model = build_model(ModelSpec(input_size=config.size))
+    model = build_model(config.spec())
     model.load_state_dict(torch.load(result.weights_path, weights_only=True))
     return RunTimes(
         startup_s=init_s + (loop_start - started),
@@ -314,7 +319,7 @@ def retrain_on_ray(
 def retrain_plain(
     config: TrainBenchConfig, snapshot: Path, parent: Path, tests: TestSets
 ) -> RunTimes:
-    spec = ModelSpec(input_size=config.size)
+    spec = config.spec()
     train = InspectionDataset(
         repeat_new_appearance(load_split(snapshot, "train"), config.new_appearance_repeats),
         spec.preprocess,
@@ -346,6 +351,7 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies dataset sizes")
     parser.add_argument("--epochs", type=int, help="fine-tuning epochs (default 8)")
     parser.add_argument("--parent-epochs", type=int, help="parent epochs (default 12)")
+    parser.add_argument("--width", type=float, help="model width multiplier (default 1.0)")
     parser.add_argument("--keep", type=Path, help="work here and keep it")
     parser.add_argument(
         "--parent",
@@ -359,6 +365,8 @@ def main() -> None:
         config = replace(config, epochs=args.epochs)
     if args.parent_epochs:
         config = replace(config, parent_epochs=args.parent_epochs)
+    if args.width:
+        config = replace(config, width=args.width)
     torch.set_num_threads(config.workers)
     with tempfile.TemporaryDirectory(prefix="inspectloop-train-bench-") as tmp:
         work = args.keep or Path(tmp)
@@ -393,7 +401,8 @@ def report(  # noqa: PLR0917 - the figures of one run
 
     total = ray_run.startup_s + ray_run.loop_s + ray_run.teardown_s
     lines = [
-        f"retraining after the redesign — {config.size}px, {config.workers} CPUs, "
+        f"retraining after the redesign — {config.size}px, width {config.width}, "
+        f"{config.workers} CPUs, "
         f"{config.epochs} fine-tuning epochs from the design A parent",
         f"snapshot: {counts['train']} train / {counts['val']} val / {counts['test']} test images "
         f"(design A reference replay {config.reference_replay} of "
