@@ -73,14 +73,6 @@ def registry_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield url
 
 
-@pytest.fixture
-def local_ray() -> Iterator[LocalRayRunner]:
-    import ray  # noqa: PLC0415 - Ray starts only for this test
-
-    yield LocalRayRunner(num_cpus=2)
-    ray.shutdown()
-
-
 def test_retrain_request_to_registered_version_served_by_triton(
     local_ray: LocalRayRunner,
     registry_url: str,
@@ -147,6 +139,12 @@ def test_retrain_request_to_registered_version_served_by_triton(
     kinds = sorted(a["kind"] for a in record["artifacts"])
     assert kinds == ["checkpoint", "onnx", "onnx_int8", "report", "triton_repo", "triton_repo"]
     assert record["lineage"]["retrain_request_id"] == "req-1"
+    # The architecture is recorded: the next retraining fine-tunes only weights that fit.
+    training = record["lineage"]["training_config"]
+    assert ModelSpec.from_dict(training["model_spec"]) == ModelSpec(
+        input_size=SIZE, width_multiplier=0.5
+    )
+    assert training["fine_tuned"] is False  # no parent yet
     # The snapshot holds images rendered from the artwork of the redesign the request names,
     # most of them with a synthesised defect.
     snapshot = tmp_path / "trainer" / "snapshots" / record["lineage"]["dataset_snapshot_id"]

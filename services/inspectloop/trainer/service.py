@@ -90,6 +90,29 @@ def _golden(model: InspectionCNN, images: ImageSet, spec: ModelSpec) -> GoldenPr
     return GoldenPredictions.from_probabilities(ids, images.labels, probabilities.numpy())
 
 
+@dataclass(frozen=True)
+class ParentModel:
+    """The newest production (else validated) version: what a retraining fine-tunes, and what
+    its golden set must not regress against."""
+
+    version: int
+    weights: Path | None  # its checkpoint, None when it has none
+    spec: ModelSpec | None  # its architecture, None when unknown
+
+
+def parent_spec(record: dict[str, Any], weights: Path, configured: ModelSpec) -> ModelSpec | None:
+    """The architecture of a registered version: as its lineage records it, else (a version
+    registered before the trainer recorded it) the configured one if the weights fit it."""
+    recorded = ((record.get("lineage") or {}).get("training_config") or {}).get("model_spec")
+    if recorded:
+        return ModelSpec.from_dict(recorded)
+    try:
+        build_model(configured).load_state_dict(torch.load(weights, weights_only=True))
+    except RuntimeError:  # missing, unexpected or differently shaped tensors
+        return None
+    return configured
+
+
 class TrainerService:
     def __init__(
         self,
@@ -187,8 +210,8 @@ class TrainerService:
 
     # --- the pipeline ----------------------------------------------------------------------
 
-    def _parent(self) -> tuple[int | None, Path | None]:
-        """The newest production (else validated) version and its weights, for fine-tuning."""
+    def _parent(self) -> ParentModel | None:
+        """The newest production (else validated) version, its weights and architecture."""
         versions = self._registry.versions(self.settings.model_name)
         for stage in ("production", "validated"):
             candidates = [v for v in versions if v.get("stage") == stage]
@@ -199,12 +222,14 @@ class TrainerService:
                     (a for a in parent.get("artifacts", []) if a.get("kind") == "checkpoint"), None
                 )
                 if weights is None:
-                    return int(parent["version"]), None
+                    return ParentModel(int(parent["version"]), None, None)
                 path = self._work / "parents" / f"{parent['version']}.pt"
                 if not path.exists():
                     self._registry.download_artifact(weights["sha256"], path)
-                return int(parent["version"]), path
-        return None, None
+                return ParentModel(
+                    int(parent["version"]), path, parent_spec(parent, path, self.spec)
+                )
+        return None
 
     def _synthesise(self, request: RetrainRequest) -> list[Path]:
         """Defects synthesised on each label design the request names (see ``synthesis``):
@@ -248,7 +273,20 @@ class TrainerService:
             reference_train_limit=settings.reference_replay or None,
         )
         log.info("snapshot %s: %s", snapshot.snapshot_id[:12], snapshot.counts)
-        parent_version, parent_weights = self._parent() if settings.fine_tune else (None, None)
+        parent = self._parent() if settings.fine_tune else None
+        parent_weights = parent.weights if parent else None
+        if parent and parent_weights and parent.spec != self.spec:
+            # Changed width or input size (settings): the weights do not fit, so the new
+            # architecture trains from scratch; the golden set still compares with the parent.
+            known = parent.spec or "an unknown one"
+            log.warning(
+                "parent v%d has another architecture (%s) than configured (%s): its weights "
+                "do not fit, training from scratch",
+                parent.version,
+                known,
+                self.spec,
+            )
+            parent_weights = None
         existing = [int(v["version"]) for v in self._registry.versions(settings.model_name)]
         version = max(existing, default=0) + 1
         run_name = f"{settings.model_name}-v{version}-{request.request_id[:8]}"
@@ -278,7 +316,7 @@ class TrainerService:
             dataset_dir=snapshot.directory,
             snapshot_id=snapshot.snapshot_id,
             version=version,
-            parent_version=parent_version,
+            parent=parent,
             config=config,
             weights_path=result.weights_path,
             started=started,
@@ -292,7 +330,7 @@ class TrainerService:
         dataset_dir: Path,
         snapshot_id: str,
         version: int,
-        parent_version: int | None,
+        parent: ParentModel | None,
         config: TrainingConfig,
         weights_path: Path,
         started: float,
@@ -305,11 +343,7 @@ class TrainerService:
         if settings.golden_dataset is not None:
             golden_images = _split(settings.golden_dataset, "golden", spec)
             golden = _golden(model, golden_images, spec)
-            if config.parent_weights:
-                parent = build_model(spec)
-                parent.load_state_dict(torch.load(config.parent_weights, weights_only=True))
-                parent.eval()
-                parent_golden = _golden(parent, golden_images, spec)
+            parent_golden = self._parent_golden(parent, golden_images)
         out_dir = self._work / "packages" / f"v{version}"
         val = _split(dataset_dir, "val", spec)
         package = package_model(
@@ -333,7 +367,7 @@ class TrainerService:
             ReportInfo(
                 model_name=settings.model_name,
                 version=str(version),
-                parent_version=str(parent_version or ""),
+                parent_version=str(parent.version if parent else ""),
                 dataset_snapshot_id=snapshot_id,
                 dataset_sha256=snapshot_id,
                 training_run_id=config.run_name,
@@ -403,7 +437,7 @@ class TrainerService:
             "rejection_reasons": reasons,
             "artifacts": body_artifacts,
             "lineage": {
-                "parent_version": parent_version,
+                "parent_version": parent.version if parent else None,
                 "dataset_snapshot_id": snapshot_id,
                 "dataset_sha256": snapshot_id,
                 "code_version": __version__,
@@ -416,6 +450,8 @@ class TrainerService:
                     "lr": config.lr,
                     "batch_size": config.batch_size,
                     "num_workers": config.num_workers,
+                    "fine_tuned": config.parent_weights is not None,
+                    "model_spec": spec.to_dict(),
                 },
             },
             "classes": list(spec.classes),
@@ -449,7 +485,7 @@ class TrainerService:
         event.scope.CopyFrom(request.scope)
         event.lineage.dataset_snapshot_id = snapshot_id
         event.lineage.retrain_request_id = request.request_id
-        event.lineage.parent_version = str(parent_version or "")
+        event.lineage.parent_version = str(parent.version if parent else "")
         event.created_at.GetCurrentTime()
         self._bus.publish(
             MODELS, event, event_id=derived_event_id(request.request_id, "model-version")
@@ -464,6 +500,26 @@ class TrainerService:
         return TrainedVersion(
             version, stage, metrics, registered, weights_path, package.triton_python_repo
         )
+
+    def _parent_golden(
+        self, parent: ParentModel | None, golden_images: ImageSet
+    ) -> GoldenPredictions | None:
+        """The parent's answers on the golden set, with its own architecture; None without a
+        parent, or where it cannot answer on these images (unknown architecture, other input
+        size or classes), which the golden gate reports."""
+        if parent is None or parent.weights is None:
+            return None
+        same_task = parent.spec is not None and (parent.spec.input_size, parent.spec.classes) == (
+            self.spec.input_size,
+            self.spec.classes,
+        )
+        if parent.spec is None or not same_task:
+            log.warning("parent v%d cannot answer on the golden set: not compared", parent.version)
+            return None
+        model = build_model(parent.spec)
+        model.load_state_dict(torch.load(parent.weights, weights_only=True))
+        model.eval()
+        return _golden(model, golden_images, parent.spec)
 
 
 def main() -> None:

@@ -38,7 +38,11 @@ class TrainerSection(Section):
         "training recipe was validated with.",
     )
     seed: int = Field(default=7, description="Seed of initialisation, data order, augmentation.")
-    width_multiplier: float = Field(default=1.0, description="Model width (channels) factor.")
+    width_multiplier: float = Field(
+        default=1.0,
+        description="Model width (channels) factor. A change trains the next version from "
+        "scratch: the parent's weights do not fit.",
+    )
     image_size: int = Field(default=128, description="Input side in pixels.")
     fine_tune: bool = Field(
         default=True, description="Start from the parent (production) model's weights."
