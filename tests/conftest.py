@@ -23,6 +23,7 @@ from inspectloop.devtools.harness import (
     TritonServer,
     default_cache_dir,
 )
+from inspectloop.trainer.runner import LocalRayRunner
 
 # --- harness: real components ------------------------------------------------------------------
 
@@ -114,3 +115,19 @@ def bus(tmp_path: Path) -> Iterator[EventBus]:
     bus.ensure_topics([INSPECTIONS, ROUTING, LINE_MODES])
     yield bus
     bus.close()
+
+
+# --- Ray -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def local_ray() -> Iterator[LocalRayRunner]:
+    """A trainer runner on a local Ray of 2 CPUs, shut down after the test."""
+    # Shut down before the next test starts its own Ray head: a driver whose local raylet dies
+    # (as when another head's teardown takes stray Ray processes with it) exits the whole
+    # pytest process with status 1, mid-run and without a report.
+    import ray  # noqa: PLC0415 - Ray starts only for the tests that use it
+
+    runner = LocalRayRunner(num_cpus=2)
+    yield runner
+    ray.shutdown()

@@ -8,7 +8,6 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -56,18 +55,6 @@ def wait_for(path: Path, predicate: object, timeout: float) -> str:
                 return text
         time.sleep(0.1)
     raise AssertionError(f"{path} not ready within {timeout}s")
-
-
-@pytest.fixture
-def local_ray() -> Iterator[LocalRayRunner]:
-    # Shut down before the next test starts its own Ray head: a driver whose local raylet dies
-    # (as when another head's teardown takes stray Ray processes with it) exits the whole
-    # pytest process with status 1, mid-run and without a report.
-    import ray  # noqa: PLC0415 - Ray starts only for the tests that use it
-
-    runner = LocalRayRunner(num_cpus=2)
-    yield runner
-    ray.shutdown()
 
 
 def test_a_worker_killed_mid_training_resumes_from_the_checkpoint(
