@@ -7,13 +7,16 @@ so runs never share broker logs or TSDBs, and every component's log file lies un
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
 
+from inspectloop.core.blobstore import FilesystemBlobStore
 from inspectloop.core.bus import EventBus, build_bus
+from inspectloop.core.registry_client import RegistryClient
 from inspectloop.core.settings import BusSettings, LocalBusSettings
 from inspectloop.core.topics import INSPECTIONS, LINE_MODES, ROUTING
 from inspectloop.devtools.harness import (
@@ -23,7 +26,11 @@ from inspectloop.devtools.harness import (
     TritonServer,
     default_cache_dir,
 )
+from inspectloop.trainer.metrics import TrainerMetrics
 from inspectloop.trainer.runner import LocalRayRunner
+from inspectloop.trainer.service import TrainerService
+from inspectloop.trainer.settings import TrainerSection
+from inspectloop.trainer.snapshot import LabelStore
 
 # --- harness: real components ------------------------------------------------------------------
 
@@ -131,3 +138,36 @@ def local_ray() -> Iterator[LocalRayRunner]:
     runner = LocalRayRunner(num_cpus=2)
     yield runner
     ray.shutdown()
+
+
+@dataclass
+class LocalTrainer:
+    """A trainer service on a test's local bus and local Ray, with its metrics."""
+
+    service: TrainerService
+    bus: EventBus
+    metrics: CollectorRegistry
+
+
+TrainerFactory = Callable[[TrainerSection, RegistryClient], LocalTrainer]
+
+
+@pytest.fixture
+def make_trainer(bus: EventBus, local_ray: LocalRayRunner, tmp_path: Path) -> TrainerFactory:
+    """Builds a trainer service from the test's settings and registry client, on the test's
+    local bus (``bus``) and local Ray, its blobs and labels under ``tmp_path``."""
+
+    def make(settings: TrainerSection, registry: RegistryClient) -> LocalTrainer:
+        metrics = CollectorRegistry()
+        service = TrainerService(
+            settings,
+            bus=bus,
+            blob_store=FilesystemBlobStore(tmp_path / "blobs", 64 * 1024 * 1024),
+            registry=registry,
+            runner=local_ray,
+            labels=LabelStore(tmp_path / "labels.sqlite3"),
+            metrics=TrainerMetrics(metrics),
+        )
+        return LocalTrainer(service, bus, metrics)
+
+    return make

@@ -10,25 +10,18 @@ from typing import Any
 
 import pytest
 import torch
-from prometheus_client import CollectorRegistry
 
-from inspectloop.core.blobstore import FilesystemBlobStore
-from inspectloop.core.bus import build_bus
 from inspectloop.core.registry_client import RegistryClient
-from inspectloop.core.settings import BusSettings, LocalBusSettings
 from inspectloop.core.topics import MODELS
 from inspectloop.devtools.registry_process import RegistryUser, registry_process
 from inspectloop.simulator.dataset import DatasetSpec, write_dataset
 from inspectloop.trainer.gates import GateSettings
-from inspectloop.trainer.metrics import TrainerMetrics
 from inspectloop.trainer.model import ModelSpec, build_model
 from inspectloop.trainer.packaging import sha256_file
-from inspectloop.trainer.runner import LocalRayRunner
-from inspectloop.trainer.service import TrainerService
 from inspectloop.trainer.settings import TrainerSection
-from inspectloop.trainer.snapshot import LabelStore
 from inspectloop.v1.common_pb2 import Scope
 from inspectloop.v1.monitor_pb2 import RETRAIN_REASON_MANUAL, RetrainRequest
+from tests.conftest import TrainerFactory
 
 pytestmark = pytest.mark.integration
 
@@ -71,7 +64,7 @@ def register_old_parent(registry: RegistryClient, work: Path) -> None:
 
 
 def test_a_new_width_trains_from_scratch_then_fine_tunes(
-    local_ray: LocalRayRunner, tmp_path: Path
+    make_trainer: TrainerFactory, tmp_path: Path
 ) -> None:
     reference = tmp_path / "reference"
     write_dataset(DatasetSpec(n=240, seed=4, size=SIZE, golden_per_class=1), reference)
@@ -80,12 +73,6 @@ def test_a_new_width_trains_from_scratch_then_fine_tunes(
     ) as url:
         registry = RegistryClient(url, TOKEN)
         register_old_parent(registry, tmp_path)
-        bus = build_bus(
-            BusSettings(backend="local", local=LocalBusSettings(directory=tmp_path / "bus")),
-            "test",
-            CollectorRegistry(),
-        )
-        bus.ensure_topics([MODELS])
         settings = TrainerSection(
             model_name=NAME,
             num_workers=2,
@@ -109,15 +96,9 @@ def test_a_new_width_trains_from_scratch_then_fine_tunes(
             synthesised_images=0,
             synthesised_subtle_images=0,
         )
-        service = TrainerService(
-            settings,
-            bus=bus,
-            blob_store=FilesystemBlobStore(tmp_path / "blobs", 1 << 24),
-            registry=registry,
-            runner=local_ray,
-            labels=LabelStore(tmp_path / "labels.sqlite3"),
-            metrics=TrainerMetrics(CollectorRegistry()),
-        )
+        trainer = make_trainer(settings, registry)
+        trainer.bus.ensure_topics([MODELS])
+        service = trainer.service
 
         def retrain(request_id: str) -> dict[str, Any]:
             request = RetrainRequest(
@@ -149,4 +130,3 @@ def test_a_new_width_trains_from_scratch_then_fine_tunes(
             assert lineage["training_config"]["epochs"] == settings.fine_tune_epochs
         finally:
             registry.close()
-            bus.close()

@@ -21,14 +21,10 @@ import torch
 from prometheus_client import CollectorRegistry
 
 from inspectloop.core.blobstore import FilesystemBlobStore
-from inspectloop.core.bus import build_bus
 from inspectloop.core.events import Event
 from inspectloop.core.registry_client import RegistryClient
-from inspectloop.core.settings import BusSettings, LocalBusSettings
 from inspectloop.core.topics import (
     FEEDBACK,
-    INSPECTIONS,
-    LINE_MODES,
     MODELS,
     RETRAIN_REQUESTS,
     ROUTING,
@@ -44,18 +40,15 @@ from inspectloop.simulator.dataset import DatasetSpec, write_dataset
 from inspectloop.simulator.render import encode_png
 from inspectloop.trainer.data import load_split
 from inspectloop.trainer.gates import GateSettings
-from inspectloop.trainer.metrics import TrainerMetrics
 from inspectloop.trainer.model import ModelSpec, build_model
 from inspectloop.trainer.packaging import deterministic_tarball, reference_outputs, sha256_file
-from inspectloop.trainer.runner import LocalRayRunner
-from inspectloop.trainer.service import TrainerService
 from inspectloop.trainer.settings import TrainerSection
-from inspectloop.trainer.snapshot import LabelStore
 from inspectloop.v1.common_pb2 import MODEL_ROLE_STABLE, ModelRef, Scope
 from inspectloop.v1.inspect_service_pb2 import InspectRequest
 from inspectloop.v1.models_pb2 import MODEL_STAGE_REJECTED, MODEL_STAGE_VALIDATED, ModelVersion
 from inspectloop.v1.monitor_pb2 import RETRAIN_REASON_DRIFT, RetrainRequest
 from inspectloop.v1.rollout_pb2 import Routing
+from tests.conftest import TrainerFactory
 
 pytestmark = pytest.mark.integration
 
@@ -74,7 +67,7 @@ def registry_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def test_retrain_request_to_registered_version_served_by_triton(
-    local_ray: LocalRayRunner,
+    make_trainer: TrainerFactory,
     registry_url: str,
     triton_server: TritonServer,
     triton_model_repository: Path,
@@ -82,12 +75,6 @@ def test_retrain_request_to_registered_version_served_by_triton(
 ) -> None:
     reference = tmp_path / "reference"
     write_dataset(DatasetSpec(n=360, seed=9, size=SIZE, golden_per_class=1), reference)
-    bus = build_bus(
-        BusSettings(backend="local", local=LocalBusSettings(directory=tmp_path / "bus")),
-        "test",
-        CollectorRegistry(),
-    )
-    bus.ensure_topics([RETRAIN_REQUESTS, FEEDBACK, MODELS])
     settings = TrainerSection(
         model_name="e2e-inspector",
         num_workers=2,
@@ -104,16 +91,9 @@ def test_retrain_request_to_registered_version_served_by_triton(
         synthesised_subtle_images=SYNTHESISED_SUBTLE,
     )
     registry = RegistryClient(registry_url, TOKEN)
-    trainer_metrics = CollectorRegistry()
-    service = TrainerService(
-        settings,
-        bus=bus,
-        blob_store=FilesystemBlobStore(tmp_path / "blobs", 64 * 1024 * 1024),
-        registry=registry,
-        runner=local_ray,
-        labels=LabelStore(tmp_path / "labels.sqlite3"),
-        metrics=TrainerMetrics(trainer_metrics),
-    )
+    trainer = make_trainer(settings, registry)
+    service, bus, trainer_metrics = trainer.service, trainer.bus, trainer.metrics
+    bus.ensure_topics([RETRAIN_REQUESTS, FEEDBACK, MODELS])
     request = RetrainRequest(
         request_id="req-1",
         reason=RETRAIN_REASON_DRIFT,
@@ -217,7 +197,6 @@ def test_retrain_request_to_registered_version_served_by_triton(
             triton_model_repository, registry, triton, gateway_metrics, "triton-python.tar.gz"
         ),
     )
-    bus.ensure_topics([ROUTING, LINE_MODES, INSPECTIONS])
     routing = Routing(line="line-1", generation=1, canary_weight_bps=5000)
     routing.stable.CopyFrom(ModelRef(name="e2e-inspector", version="1"))
     routing.canary.CopyFrom(ModelRef(name="e2e-inspector", version="2"))
@@ -253,7 +232,6 @@ def test_retrain_request_to_registered_version_served_by_triton(
         triton_server.unload_model("e2e-inspector")
         shutil.rmtree(triton_model_repository / "e2e-inspector", ignore_errors=True)
         registry.close()
-        bus.close()
 
 
 def register_broken_version(
