@@ -65,7 +65,7 @@ class TrainBenchConfig:
     seeds), so that its saved design A model can be the parent here (``--parent``)."""
 
     seed: int = 0
-    size: int = 128
+    size: int = 128  # image side, rendered at that size (the trainer's image_size)
     width: float = 1.0  # the model's width multiplier (the trainer's width_multiplier)
     a_reference: int = 10000  # design A seed dataset (train/val 0.88/0.12)
     a_defect_fraction: float = 0.6
@@ -352,6 +352,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, help="fine-tuning epochs (default 8)")
     parser.add_argument("--parent-epochs", type=int, help="parent epochs (default 12)")
     parser.add_argument("--width", type=float, help="model width multiplier (default 1.0)")
+    parser.add_argument("--size", type=int, help="image side in pixels (default 128)")
     parser.add_argument("--keep", type=Path, help="work here and keep it")
     parser.add_argument(
         "--parent",
@@ -367,6 +368,8 @@ def main() -> None:
         config = replace(config, parent_epochs=args.parent_epochs)
     if args.width:
         config = replace(config, width=args.width)
+    if args.size:
+        config = replace(config, size=args.size)
     torch.set_num_threads(config.workers)
     with tempfile.TemporaryDirectory(prefix="inspectloop-train-bench-") as tmp:
         work = args.keep or Path(tmp)
