@@ -25,7 +25,7 @@ Both models are judged on held-out design B and design A test images. Printed: t
 group) separately, and Ray Train's overhead: its training loop time (from the workers' first
 step to the last epoch's report, checkpoints included) against the plain loop's.
 
-    python benchmarks/train.py                # full scale (about 35 min, the parent included)
+    python benchmarks/train.py                # full scale, 160 px (70 min with the parent)
     python benchmarks/train.py --scale 0.1    # a quick look (CI); accuracy goals not expected
 """
 
@@ -65,7 +65,10 @@ class TrainBenchConfig:
     seeds), so that its saved design A model can be the parent here (``--parent``)."""
 
     seed: int = 0
-    size: int = 128  # image side, rendered at that size (the trainer's image_size)
+    # Image side, rendered at that size (the camera's, and the trainer's image_size): at 128 px
+    # (the embedded defaults) the retraining stops near 99.65% on design B, whose remaining
+    # errors are subtle smudges over the 2D code; at 160 px it reaches 99.7% (README).
+    size: int = 160
     width: float = 1.0  # the model's width multiplier (the trainer's width_multiplier)
     a_reference: int = 10000  # design A seed dataset (train/val 0.88/0.12)
     a_defect_fraction: float = 0.6
@@ -352,7 +355,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, help="fine-tuning epochs (default 8)")
     parser.add_argument("--parent-epochs", type=int, help="parent epochs (default 12)")
     parser.add_argument("--width", type=float, help="model width multiplier (default 1.0)")
-    parser.add_argument("--size", type=int, help="image side in pixels (default 128)")
+    parser.add_argument("--size", type=int, help="image side in pixels (default 160)")
     parser.add_argument("--keep", type=Path, help="work here and keep it")
     parser.add_argument(
         "--parent",

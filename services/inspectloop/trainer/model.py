@@ -29,7 +29,9 @@ Measured CPU latency (PyTorch 2.15 eager, float32, ``torch.set_num_threads(2)``,
 3 x 128 x 128, eval mode, no grad; median of 200 runs after warm-up, on a shared 2-core cloud
 VM): **about 1.9 ms** per image for width 1.0 (0.25 M parameters, 72 M multiply-adds), 3.2 ms
 median and 4.4 ms p99 when the machine is busy (measured by ``benchmarks/data_realism.py``);
-width 1.5: about 3.3 ms. Reproduce with ``python -m inspectloop.trainer.model``.
+width 1.5: about 3.3 ms; width 1.0 at 160 x 160 (the input that reaches 99.7% on the redesign at
+full scale, see ``benchmarks/train.py``): about 3.5 ms. Reproduce with
+``python -m inspectloop.trainer.model``.
 
 Input normalisation (``Preprocess``): uint8 RGB ``H x W x 3`` images become float ``3 x H x W``
 tensors ``(x / 255 - MEAN) / STD`` with the constants below (measured on design A training
@@ -315,9 +317,9 @@ def _summary(times: Sequence[float]) -> dict[str, float]:
 
 
 def main() -> None:
-    """Prints parameters, multiply-adds and CPU latency for a few widths."""
-    for width in (0.5, 1.0, 1.5, 2.0):
-        spec = ModelSpec(width_multiplier=width)
+    """Prints parameters, multiply-adds and CPU latency for a few widths and input sizes."""
+    for width, size in ((0.5, 128), (1.0, 128), (1.0, 160), (1.5, 128), (2.0, 128)):
+        spec = ModelSpec(input_size=size, width_multiplier=width)
         model = build_model(spec, seed=0)
         lat = measure_latency(model, spec.input_size)
         print(
