@@ -45,9 +45,10 @@ class TrainerSection(Section):
     )
     image_size: int = Field(
         default=128,
-        description="Input side in pixels; the line's images should be at least this large. "
-        "128 suits the embedded defaults; 160 is what reaches 99.7% on a redesign's subtle "
-        "defects at full scale (benchmarks/train.py), at about 1.6 times the latency.",
+        description="Input side in pixels: the line's and the reference images must have this "
+        "size (the snapshot does not resize). 128 suits the embedded defaults; 160 is what "
+        "reaches 99.7% on a redesign's subtle defects at full scale (benchmarks/train.py), at "
+        "about 1.6 times the latency.",
     )
     fine_tune: bool = Field(
         default=True, description="Start from the parent (production) model's weights."
