@@ -216,6 +216,7 @@ def build_redesign_snapshot(
         reference_train_limit=config.reference_replay,
         blob_store=blobs,
         classes=config.spec().classes,
+        image_size=config.size,
     )
     labels.close()
     b_test = root / "test-B"

@@ -1,18 +1,25 @@
-"""Dataset snapshots: the reference replay limit, the weight of the new appearance, and the
-labels a request requires."""
+"""Dataset snapshots: the reference replay limit, the weight of the new appearance, labelled
+images at the model's input size, datasets of another size refused at start, and the labels a
+request requires."""
 
 from __future__ import annotations
 
+import io
+import json
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 from prometheus_client import CollectorRegistry
 
 from inspectloop.core.blobstore import FilesystemBlobStore
-from inspectloop.core.errors import PermanentError
+from inspectloop.core.errors import ConfigError, PermanentError
 from inspectloop.core.events import Envelope, Event
 from inspectloop.core.topics import RETRAIN_REQUESTS
+from inspectloop.gateway.images import check_image
+from inspectloop.gateway.settings import ImageLimits
 from inspectloop.simulator.dataset import DatasetSpec, write_dataset
 from inspectloop.trainer.data import load_split
 from inspectloop.trainer.metrics import TrainerMetrics
@@ -42,6 +49,7 @@ def test_reference_replay_keeps_a_fixed_sample_of_training_images(tmp_path: Path
             labelled=[],
             blob_store=blobs,
             classes=classes,
+            image_size=48,
             reference_train_limit=limit,
         )
         files = Counter(p.parts[-3] for p in snap.directory.glob("*/*/*.png"))
@@ -65,6 +73,7 @@ def test_the_new_appearance_is_repeated_and_the_reference_is_not(tmp_path: Path)
         labelled=[],
         blob_store=FilesystemBlobStore(tmp_path / "blobs", 1 << 20),
         classes=ModelSpec().classes,
+        image_size=48,
     )
     train = load_split(snap.directory, "train")
     old = sum(from_reference(r) for r in train.records)
@@ -76,6 +85,71 @@ def test_the_new_appearance_is_repeated_and_the_reference_is_not(tmp_path: Path)
     sources = Counter(r["source"] for r in tripled.records)
     assert sources == {"reference:reference": old, "synthetic:synthetic": 3 * new}
     assert repeat_new_appearance(train, 1) is train
+
+
+def _encoded(width: int, height: int, fmt: str) -> bytes:
+    pixels = np.random.default_rng(width).integers(0, 255, (height, width, 3), dtype=np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format=fmt)
+    return out.getvalue()
+
+
+def test_labelled_images_are_stored_as_the_gateway_hands_them_to_the_model(
+    tmp_path: Path,
+) -> None:
+    blobs = FilesystemBlobStore(tmp_path / "blobs", 1 << 20)
+    camera = _encoded(96, 80, "JPEG")  # a line whose camera sends another size and format
+    fitting = _encoded(48, 48, "PNG")
+    labels = [
+        LabelledImage(blobs.put(data).sha256, "good", "line-1", "4711", "B", "operator:op")
+        for data in (camera, fitting)
+    ]
+    snap = build_snapshot(
+        tmp_path / "snapshots",
+        reference_datasets=[],
+        labelled=labels,
+        blob_store=blobs,
+        classes=ModelSpec().classes,
+        image_size=48,
+    )
+    records = {r["sha256"]: r for r in map(json.loads, snap.manifest_path.read_text().splitlines())}
+    resized, kept = (records[image.sha256] for image in labels)
+    assert resized["original"] == {"format": "JPEG", "width": 96, "height": 80}
+    served = check_image(camera, "image/jpeg", ImageLimits()).at_size(48).pixels
+    with Image.open(snap.directory / resized["path"]) as stored:
+        assert stored.format == "PNG"
+        assert np.array_equal(np.asarray(stored), served)  # the very pixels served
+    assert "original" not in kept
+    assert (snap.directory / kept["path"]).read_bytes() == fitting  # as the line sent it
+
+
+def test_a_dataset_of_another_size_fails_at_start(tmp_path: Path) -> None:
+    reference = tmp_path / "reference"
+    write_dataset(DatasetSpec(n=20, seed=3, size=48, golden_per_class=1), reference)
+
+    def start(**settings: object) -> TrainerService:
+        return TrainerService(
+            TrainerSection(work_dir=tmp_path / "trainer", **settings),  # type: ignore[arg-type]
+            bus=None,  # type: ignore[arg-type]  # not reached: a check at construction
+            blob_store=None,  # type: ignore[arg-type]
+            registry=None,  # type: ignore[arg-type]
+            runner=None,  # type: ignore[arg-type]
+            labels=None,  # type: ignore[arg-type]
+            metrics=None,  # type: ignore[arg-type]
+        )
+
+    images = sum(1 for _ in reference.glob("*/*/*.png"))
+    with pytest.raises(
+        ConfigError,
+        match=rf"{reference}: images must be 64x64 .* found "
+        rf"{images} at 48x48",
+    ):
+        start(image_size=64, reference_datasets=(reference,))
+    with pytest.raises(ConfigError, match="images must be 64x64"):
+        start(image_size=64, golden_dataset=reference)
+    with pytest.raises(ConfigError, match=f"{tmp_path / 'missing'}: no manifest.jsonl"):
+        start(image_size=48, reference_datasets=(tmp_path / "missing",))
+    assert start(image_size=48, reference_datasets=(reference,), golden_dataset=reference)
 
 
 def test_a_retrain_request_waits_for_the_labels_it_requires(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ import numpy.typing as npt
 from PIL import Image, UnidentifiedImageError
 
 from inspectloop.core.errors import PermanentError
+from inspectloop.core.images import to_model_input
 from inspectloop.gateway.settings import ImageLimits
 
 FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg"}
@@ -49,9 +50,7 @@ class CheckedImage:
 
     def at_size(self, input_size: int) -> DecodedImage:
         """The pixels at the model's input size (``input_size`` squared)."""
-        rgb = self.rgb
-        if rgb.size != (input_size, input_size):
-            rgb = rgb.resize((input_size, input_size), Image.Resampling.BILINEAR)
+        rgb = to_model_input(self.rgb, input_size)
         return DecodedImage(
             np.asarray(rgb, dtype=np.uint8), self.content_type, self.width, self.height
         )

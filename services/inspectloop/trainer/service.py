@@ -49,6 +49,7 @@ from inspectloop.trainer.snapshot import (
     LabelledImage,
     LabelStore,
     build_snapshot,
+    check_image_size,
     label_from_feedback,
 )
 from inspectloop.trainer.synthesis import synthesise_defects
@@ -137,6 +138,9 @@ class TrainerService:
         self.spec = ModelSpec(
             input_size=settings.image_size, width_multiplier=settings.width_multiplier
         )
+        for dataset in dict.fromkeys([*settings.reference_datasets, settings.golden_dataset]):
+            if dataset is not None:
+                check_image_size(dataset, settings.image_size)
 
     # --- consumers -------------------------------------------------------------------------
 
@@ -270,6 +274,7 @@ class TrainerService:
             synthetic_datasets=self._synthesise(request),
             blob_store=self._blobs,
             classes=self.spec.classes,
+            image_size=settings.image_size,
             reference_train_limit=settings.reference_replay or None,
         )
         log.info("snapshot %s: %s", snapshot.snapshot_id[:12], snapshot.counts)

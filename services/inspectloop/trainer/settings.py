@@ -45,8 +45,9 @@ class TrainerSection(Section):
     )
     image_size: int = Field(
         default=128,
-        description="Input side in pixels: the line's and the reference images must have this "
-        "size (the snapshot does not resize). 128 suits the embedded defaults; 160 is what "
+        description="Input side in pixels. The reference and golden datasets must have this "
+        "size (checked at start); operator-labelled images of another size are resized as the "
+        "gateway resizes them. 128 suits the embedded defaults; 160 is what "
         "reaches 99.7% on a redesign's subtle defects at full scale (benchmarks/train.py), at "
         "about 1.6 times the latency.",
     )

@@ -10,13 +10,16 @@ Sources:
 - the reference dataset(s) the first model was trained on, split as they were generated;
 - production images that operators labelled (``LabelStore``, fed by operator feedback), fetched
   from the blob store by hash and split deterministically by hash (so an image never moves
-  between train and test from one snapshot to the next);
+  between train and test from one snapshot to the next). They are stored as the line sent them,
+  so one that is not an RGB PNG at the model's input size is resized as the gateway resizes it
+  (``core.images``), and its record says what it was;
 - defects synthesised on the new label design (``synthesis``), split as they were generated.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -29,7 +32,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from PIL import Image, UnidentifiedImageError
+
 from inspectloop.core.blobstore import BlobStore
+from inspectloop.core.errors import ConfigError, PermanentError
+from inspectloop.core.images import to_model_input
 from inspectloop.trainer.data import ImageSet
 from inspectloop.v1.feedback_pb2 import (
     FEEDBACK_VERDICT_CONFIRMED_DEFECT,
@@ -162,6 +169,71 @@ def _link(source: Path, target: Path) -> None:
         shutil.copyfile(source, target)
 
 
+def _as_model_input(data: bytes, image_size: int) -> tuple[bytes, dict[str, Any] | None]:
+    """A labelled image's bytes as the snapshot stores them: unchanged when they are an RGB
+    PNG of ``image_size`` squared, else the image at that size as the model sees it (and what
+    it was, for the manifest)."""
+    with Image.open(io.BytesIO(data)) as image:
+        if image.format == "PNG" and image.mode == "RGB" and image.size == (image_size,) * 2:
+            return data, None
+        original = {"format": image.format, "width": image.width, "height": image.height}
+        rgb = to_model_input(image.convert("RGB"), image_size)
+    out = io.BytesIO()
+    rgb.save(out, format="PNG")
+    return out.getvalue(), original
+
+
+def _stage_labelled(
+    image: LabelledImage, split: str, staging: Path, blob_store: BlobStore, image_size: int
+) -> dict[str, Any]:
+    """Writes a labelled image into the snapshot being staged; its manifest record."""
+    target = Path(split) / image.label / f"{image.sha256}.png"
+    data = blob_store.get(image.sha256)  # get() verifies the hash
+    try:
+        data, original = _as_model_input(data, image_size)
+    except (UnidentifiedImageError, OSError) as exc:
+        # The gateway checked it before storing it: a damaged blob store, not a label.
+        raise PermanentError(f"labelled image {image.sha256}: {exc}") from exc
+    (staging / target).parent.mkdir(parents=True, exist_ok=True)
+    (staging / target).write_bytes(data)
+    record: dict[str, Any] = {
+        "path": target.as_posix(),
+        "sha256": image.sha256,  # as the line sent it: the blob store's key
+        "label": image.label,
+        "split": split,
+        "source": image.source,
+        "line": image.line,
+        "sku": image.sku,
+        "label_design": image.label_design,
+    }
+    if original is not None:
+        record["original"] = original
+    return record
+
+
+def check_image_size(dataset: Path, image_size: int) -> None:
+    """Raises ConfigError unless every image of ``dataset`` (simulator layout) is
+    ``image_size`` squared: a reference or golden dataset is the model's own input, so another
+    size is a deployment mistake (regenerate it, or set the size), found at start rather than
+    in the Ray workers hours later. Reads image headers only."""
+    manifest = dataset / MANIFEST
+    if not manifest.is_file():
+        raise ConfigError(f"dataset {dataset}: no {MANIFEST} (not a dataset directory)")
+    sizes: Counter[tuple[int, int]] = Counter()
+    for line in manifest.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            with Image.open(dataset / json.loads(line)["path"]) as image:
+                sizes[image.size] += 1
+    wrong = {size: n for size, n in sizes.items() if size != (image_size, image_size)}
+    if wrong:
+        found = ", ".join(f"{n} at {w}x{h}" for (w, h), n in sorted(wrong.items()))
+        raise ConfigError(
+            f"dataset {dataset}: images must be {image_size}x{image_size} (the trainer's "
+            f"image_size), found {found}; regenerate the dataset at that size or set image_size "
+            "to the size of the line's images"
+        )
+
+
 def _limit_reference_train(
     sources: list[tuple[Path, dict[str, Any]]], limit: int
 ) -> list[tuple[Path, dict[str, Any]]]:
@@ -182,10 +254,14 @@ def build_snapshot(
     synthetic_datasets: Sequence[Path] = (),
     blob_store: BlobStore,
     classes: Sequence[str],
+    image_size: int,
     splits: Sequence[tuple[str, float]] = (("train", 0.7), ("val", 0.15), ("test", 0.15)),
     reference_train_limit: int | None = None,
 ) -> Snapshot:
     """Assemble a snapshot under ``root/<snapshot_id>`` (reused when it exists already).
+
+    Labelled images come at ``image_size`` squared (see the module's docstring); the
+    reference and synthetic datasets are at that size already (``check_image_size``).
 
     ``reference_train_limit`` keeps at most that many training images of the reference
     datasets (those with the smallest content hashes: a fixed, class-blind sample), so that a
@@ -222,25 +298,9 @@ def build_snapshot(
             _link(source, staging / record["path"])
             records.append(record)
         for image in labelled:
-            if image.label not in classes:
-                continue
-            split = hash_split(image.sha256, splits)
-            target = Path(split) / image.label / f"{image.sha256}.png"
-            target_path = staging / target
-            target_path.parent.mkdir(parents=True, exist_ok=True)
-            target_path.write_bytes(blob_store.get(image.sha256))  # get() verifies the hash
-            records.append(
-                {
-                    "path": target.as_posix(),
-                    "sha256": image.sha256,
-                    "label": image.label,
-                    "split": split,
-                    "source": image.source,
-                    "line": image.line,
-                    "sku": image.sku,
-                    "label_design": image.label_design,
-                }
-            )
+            if image.label in classes:
+                split = hash_split(image.sha256, splits)
+                records.append(_stage_labelled(image, split, staging, blob_store, image_size))
         records.sort(key=lambda r: r["path"])
         manifest = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
         snapshot_id = hashlib.sha256(manifest.encode()).hexdigest()
