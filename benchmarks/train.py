@@ -65,6 +65,9 @@ class TrainBenchConfig:
     seeds), so that its saved design A model can be the parent here (``--parent``)."""
 
     seed: int = 0
+    # Seed of the fine-tuning only (data order, augmentation), None for ``seed``: another one
+    # repeats the retraining on the same data from the same parent, to see its run-to-run spread.
+    train_seed: int | None = None
     # Image side, rendered at that size (the camera's, and the trainer's image_size): at 128 px
     # (the embedded defaults) the retraining stops near 99.65% on design B, whose remaining
     # errors are subtle smudges over the 2D code; at 160 px it reaches 99.7% (README).
@@ -89,6 +92,10 @@ class TrainBenchConfig:
     batch_size: int = 32  # per worker on Ray (the trainer's default); the plain loop: x workers
     new_appearance_repeats: int = 2  # as the trainer's default
     workers: int = 2
+
+    @property
+    def fine_tune_seed(self) -> int:
+        return self.seed if self.train_seed is None else self.train_seed
 
     def spec(self) -> ModelSpec:
         """The model every run here trains."""
@@ -289,7 +296,7 @@ def retrain_on_ray(
         epochs=config.epochs,
         lr=config.lr,
         batch_size=config.batch_size,
-        seed=config.seed,
+        seed=config.fine_tune_seed,
         num_workers=config.workers,
         cpus_per_worker=1.0,
         storage_path=str(work / "runs"),
@@ -328,10 +335,10 @@ def retrain_plain(
         repeat_new_appearance(load_split(snapshot, "train"), config.new_appearance_repeats),
         spec.preprocess,
         Augment(),
-        config.seed,
+        config.fine_tune_seed,
     )
     val = load_split(snapshot, "val")
-    model = build_model(spec, seed=config.seed)
+    model = build_model(spec)
     model.load_state_dict(torch.load(parent, weights_only=True))
     started = time.time()
     # One process sees the whole batch that the Ray workers see together.
@@ -341,7 +348,7 @@ def retrain_plain(
         val,
         config.epochs,
         config.lr,
-        config.seed,
+        config.fine_tune_seed,
         batch_size=config.batch_size * config.workers,
     )
     loop_s = time.time() - started
@@ -357,6 +364,9 @@ def main() -> None:
     parser.add_argument("--parent-epochs", type=int, help="parent epochs (default 12)")
     parser.add_argument("--width", type=float, help="model width multiplier (default 1.0)")
     parser.add_argument("--size", type=int, help="image side in pixels (default 160)")
+    parser.add_argument(
+        "--train-seed", type=int, help="seed of the fine-tuning only (default: the data's)"
+    )
     parser.add_argument("--keep", type=Path, help="work here and keep it")
     parser.add_argument(
         "--parent",
@@ -374,6 +384,8 @@ def main() -> None:
         config = replace(config, width=args.width)
     if args.size:
         config = replace(config, size=args.size)
+    if args.train_seed is not None:
+        config = replace(config, train_seed=args.train_seed)
     torch.set_num_threads(config.workers)
     with tempfile.TemporaryDirectory(prefix="inspectloop-train-bench-") as tmp:
         work = args.keep or Path(tmp)
@@ -410,7 +422,8 @@ def report(  # noqa: PLR0917 - the figures of one run
     lines = [
         f"retraining after the redesign — {config.size}px, width {config.width}, "
         f"{config.workers} CPUs, "
-        f"{config.epochs} fine-tuning epochs from the design A parent",
+        f"{config.epochs} fine-tuning epochs from the design A parent, "
+        f"seed {config.seed} (fine-tuning {config.fine_tune_seed})",
         f"snapshot: {counts['train']} train / {counts['val']} val / {counts['test']} test images "
         f"(design A reference replay {config.reference_replay} of "
         f"{config.a_reference + config.a_subtle + config.a_hard}, operator-labelled B "
