@@ -397,9 +397,11 @@ def main() -> None:
             b=b_test,
         )
         data_s = time.time() - t0
+        parent_path = args.parent or work / "parent.pt"
+        loaded = parent_path.exists()
         t0 = time.time()
-        parent = train_parent(config, references, args.parent or work / "parent.pt")
-        parent_s = time.time() - t0
+        parent = train_parent(config, references, parent_path)
+        parent_s = None if loaded else time.time() - t0
         ray_run = retrain_on_ray(config, snapshot, parent, work, tests)
         plain = retrain_plain(config, snapshot, parent, tests)
         counts = {split: len(load_split(snapshot, split)) for split in ("train", "val", "test")}
@@ -410,7 +412,7 @@ def report(  # noqa: PLR0917 - the figures of one run
     config: TrainBenchConfig,
     counts: dict[str, int],
     data_s: float,
-    parent_s: float,
+    parent_s: float | None,  # None: loaded, not trained
     ray_run: RunTimes,
     plain: RunTimes,
 ) -> str:
@@ -419,6 +421,11 @@ def report(  # noqa: PLR0917 - the figures of one run
         return "reached" if ok else "NOT reached"
 
     total = ray_run.startup_s + ray_run.loop_s + ray_run.teardown_s
+    parent = (
+        "parent loaded (not timed)"
+        if parent_s is None
+        else f"parent trained in {parent_s:.0f} s ({config.parent_epochs} epochs, not timed below)"
+    )
     lines = [
         f"retraining after the redesign — {config.size}px, width {config.width}, "
         f"{config.workers} CPUs, "
@@ -428,8 +435,7 @@ def report(  # noqa: PLR0917 - the figures of one run
         f"(design A reference replay {config.reference_replay} of "
         f"{config.a_reference + config.a_subtle + config.a_hard}, operator-labelled B "
         f"{config.b_labelled}, synthesised B {config.b_synthesised} + "
-        f"{config.b_synthesised_subtle} subtle); data built in {data_s:.0f} s, "
-        f"parent trained in {parent_s:.0f} s ({config.parent_epochs} epochs, not timed below)",
+        f"{config.b_synthesised_subtle} subtle); data built in {data_s:.0f} s, {parent}",
         "",
         f"{'run':<28} {'start-up':>9} {'training':>9} {'teardown':>9} "
         f"{'acc B':>8} {'FRR B':>7} {'esc B':>6} {'acc A':>8}  99.7% on A and B",
