@@ -46,6 +46,12 @@ from prometheus_client import CollectorRegistry
 
 from inspectloop.core.blobstore import FilesystemBlobStore
 from inspectloop.core.bus import build_bus
+from inspectloop.core.onnx_contract import (
+    INPUT_NAME,
+    OUTPUT_FEATURES,
+    OUTPUT_PROBABILITIES,
+    ort_session,
+)
 from inspectloop.core.settings import BusSettings, LocalBusSettings
 from inspectloop.core.topics import INSPECTIONS
 from inspectloop.devtools.gateway_stack import Stack, gateway_stack
@@ -56,12 +62,6 @@ from inspectloop.simulator.products import default_catalogue
 from inspectloop.simulator.render import render_label
 from inspectloop.simulator.traffic import GrpcInspectClient
 from inspectloop.trainer.model import ModelSpec
-from inspectloop.trainer.packaging import (
-    INPUT_NAME,
-    OUTPUT_FEATURES,
-    OUTPUT_PROBABILITIES,
-    ort_session,
-)
 from inspectloop.v1.inspect_service_pb2 import InspectRequest
 
 SPEC = ModelSpec()  # the production model: 128 px

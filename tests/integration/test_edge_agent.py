@@ -27,6 +27,7 @@ from prometheus_client import CollectorRegistry
 
 from inspectloop.core.bus import EventBus, build_bus
 from inspectloop.core.events import Event
+from inspectloop.core.onnx_contract import sha256_file
 from inspectloop.core.readiness import poll_until
 from inspectloop.core.registry_client import RegistryClient
 from inspectloop.core.settings import BusSettings, KafkaSettings, LocalBusSettings
@@ -44,7 +45,6 @@ from inspectloop.edge.metrics import EdgeMetrics
 from inspectloop.edge.models import SIGNATURE_MEDIA_TYPE, ModelStore, load_public_key
 from inspectloop.edge.outbox import Outbox
 from inspectloop.edge.settings import EdgeSection
-from inspectloop.trainer.packaging import sha256_file
 from inspectloop.v1.common_pb2 import DECISION_PASS, DECISION_REJECT, MODEL_ROLE_EDGE, ModelRef
 from inspectloop.v1.edge_pb2 import (
     EDGE_NODE_STATE_DEGRADED,

@@ -18,10 +18,11 @@ from inspectloop.core.errors import BackendUnavailableError
 from inspectloop.core.topics import INSPECTIONS, LINE_MODES, ROUTING
 from inspectloop.devtools.harness.process import pick_free_port
 from inspectloop.devtools.tiny_models import NAME, REJECTS, SPEC, png
+from inspectloop.gateway.decision import inspection_id
 from inspectloop.gateway.images import InvalidImageError
 from inspectloop.gateway.metrics import GatewayMetrics
 from inspectloop.gateway.routing import canary_bucket
-from inspectloop.gateway.service import InspectionGateway, InvalidRequestError, inspection_id
+from inspectloop.gateway.service import InspectionGateway, InvalidRequestError
 from inspectloop.gateway.settings import GatewaySection, TritonSettings
 from inspectloop.gateway.triton import TritonModels
 from inspectloop.v1.common_pb2 import (

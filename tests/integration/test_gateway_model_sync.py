@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from inspectloop.core.blobstore import FilesystemBlobStore
 from inspectloop.core.bus import EventBus
 from inspectloop.core.errors import BackendUnavailableError
+from inspectloop.core.onnx_contract import sha256_file
 from inspectloop.core.readiness import poll_until
 from inspectloop.core.registry_client import RegistryClient
 from inspectloop.core.topics import ROUTING
@@ -30,7 +31,6 @@ from inspectloop.gateway.triton import TritonModels
 from inspectloop.trainer.packaging import (
     deterministic_tarball,
     export_onnx,
-    sha256_file,
     write_triton_python_entry,
 )
 from inspectloop.v1.common_pb2 import MODEL_ROLE_CANARY, MODEL_ROLE_STABLE, ModelRef

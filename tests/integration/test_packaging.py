@@ -28,21 +28,23 @@ import tritonclient.grpc as triton_grpc
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
+from inspectloop.core.onnx_contract import (
+    INPUT_NAME,
+    OUTPUT_NAMES,
+    read_metadata,
+    run_onnx,
+    sha256_file,
+)
 from inspectloop.devtools.harness import TritonServer
 from inspectloop.trainer.gates import measure_latency
 from inspectloop.trainer.model import InspectionCNN, ModelSpec, build_model
 from inspectloop.trainer.packaging import (
-    INPUT_NAME,
-    OUTPUT_NAMES,
     ArtifactType,
     ParityError,
     check_parity,
     export_onnx,
     package_model,
-    read_metadata,
     reference_outputs,
-    run_onnx,
-    sha256_file,
     triton_config,
     write_triton_onnx_entry,
     write_triton_python_entry,

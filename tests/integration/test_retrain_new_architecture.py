@@ -11,13 +11,13 @@ from typing import Any
 import pytest
 import torch
 
+from inspectloop.core.onnx_contract import sha256_file
 from inspectloop.core.registry_client import RegistryClient
 from inspectloop.core.topics import MODELS
 from inspectloop.devtools.registry_process import RegistryUser, registry_process
 from inspectloop.simulator.dataset import DatasetSpec, write_dataset
 from inspectloop.trainer.gates import GateSettings
 from inspectloop.trainer.model import ModelSpec, build_model
-from inspectloop.trainer.packaging import sha256_file
 from inspectloop.trainer.settings import TrainerSection
 from inspectloop.v1.common_pb2 import Scope
 from inspectloop.v1.monitor_pb2 import RETRAIN_REASON_MANUAL, RetrainRequest

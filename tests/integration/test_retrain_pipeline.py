@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry
 
 from inspectloop.core.blobstore import FilesystemBlobStore
 from inspectloop.core.events import Event
+from inspectloop.core.onnx_contract import sha256_file
 from inspectloop.core.registry_client import RegistryClient
 from inspectloop.core.topics import (
     FEEDBACK,
@@ -41,7 +42,7 @@ from inspectloop.simulator.render import encode_png
 from inspectloop.trainer.data import load_split
 from inspectloop.trainer.gates import GateSettings
 from inspectloop.trainer.model import ModelSpec, build_model
-from inspectloop.trainer.packaging import deterministic_tarball, reference_outputs, sha256_file
+from inspectloop.trainer.packaging import deterministic_tarball, reference_outputs
 from inspectloop.trainer.settings import TrainerSection
 from inspectloop.v1.common_pb2 import MODEL_ROLE_STABLE, ModelRef, Scope
 from inspectloop.v1.inspect_service_pb2 import InspectRequest

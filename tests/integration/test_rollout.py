@@ -29,6 +29,7 @@ from inspectloop.core.blobstore import FilesystemBlobStore
 from inspectloop.core.bus import EventBus, build_bus
 from inspectloop.core.events import Event, Topic
 from inspectloop.core.metrics import MetricsServer, serve_metrics
+from inspectloop.core.onnx_contract import sha256_file
 from inspectloop.core.readiness import poll_until
 from inspectloop.core.registry_client import RegistryClient
 from inspectloop.core.settings import BusSettings, LocalBusSettings
@@ -69,7 +70,6 @@ from inspectloop.rollout.machine import (
 )
 from inspectloop.rollout.metrics import RolloutMetrics
 from inspectloop.rollout.service import RolloutController, RolloutStore
-from inspectloop.trainer.packaging import sha256_file
 from inspectloop.v1.common_pb2 import DECISION_REJECT, Scope
 from inspectloop.v1.feedback_pb2 import (
     FEEDBACK_VERDICT_FALSE_REJECT,

@@ -43,21 +43,26 @@ from inspectloop.core.bus.base import Consumer
 from inspectloop.core.errors import BackendUnavailableError, InspectloopError, PermanentError
 from inspectloop.core.events import Event
 from inspectloop.core.imagestats import image_stats
-from inspectloop.core.topics import EDGE_HEARTBEATS, INSPECTIONS, LINE_MODES, ROUTING
-from inspectloop.edge.metrics import EdgeMetrics
-from inspectloop.edge.models import ArtifactRejectedError, InstalledModel, ModelStore
-from inspectloop.edge.outbox import Outbox, OutboxDrainer
-from inspectloop.edge.settings import EdgeSection, EdgeSettings
-from inspectloop.gateway.decision import LineModes, decision_of, prediction, review
-from inspectloop.gateway.images import decode_image
-from inspectloop.gateway.service import inspection_id
-from inspectloop.trainer.packaging import (
+from inspectloop.core.onnx_contract import (
     OUTPUT_FEATURES,
     OUTPUT_PROBABILITIES,
     ort_session,
     read_metadata,
     run_onnx,
 )
+from inspectloop.core.topics import EDGE_HEARTBEATS, INSPECTIONS, LINE_MODES, ROUTING
+from inspectloop.edge.metrics import EdgeMetrics
+from inspectloop.edge.models import ArtifactRejectedError, InstalledModel, ModelStore
+from inspectloop.edge.outbox import Outbox, OutboxDrainer
+from inspectloop.edge.settings import EdgeSection, EdgeSettings
+from inspectloop.gateway.decision import (
+    LineModes,
+    decision_of,
+    inspection_id,
+    prediction,
+    review,
+)
+from inspectloop.gateway.images import decode_image
 from inspectloop.v1.common_pb2 import (
     DECISION_PASS,
     DECISION_UNSPECIFIED,

@@ -40,7 +40,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from inspectloop.core.errors import ConfigError, PermanentError
-from inspectloop.trainer.packaging import sha256_file
+from inspectloop.core.onnx_contract import sha256_file
 
 log = logging.getLogger(__name__)
 

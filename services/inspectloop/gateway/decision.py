@@ -12,6 +12,7 @@ above the line's current one is stale (a replay or an out-of-order copy) and ign
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -39,6 +40,13 @@ from inspectloop.v1.common_pb2 import (
 from inspectloop.v1.monitor_pb2 import LineModeChanged
 
 GOOD = "good"
+_INSPECTION_NAMESPACE = uuid.UUID("0d5f2b8e-8c1e-4c4b-9a57-6f0f3c1e2a90")
+
+
+def inspection_id(line: str, request_id: str) -> str:
+    """The id of a line's request's inspection: the same for every retry of the request, whether
+    the gateway or the line's edge agent answers it."""
+    return str(uuid.uuid5(_INSPECTION_NAMESPACE, f"{line}/{request_id}"))
 
 
 def prediction(probabilities: npt.NDArray[np.float32], classes: Sequence[str]) -> Prediction:

@@ -29,10 +29,10 @@ import threading
 from pathlib import Path, PurePosixPath
 
 from inspectloop.core.errors import InspectloopError, PermanentError, TransientError
+from inspectloop.core.onnx_contract import sha256_file
 from inspectloop.core.registry_client import RegistryClient, RegistryNotFoundError
 from inspectloop.gateway.metrics import GatewayMetrics
 from inspectloop.gateway.triton import TritonModels
-from inspectloop.trainer.packaging import sha256_file
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ from inspectloop.core.errors import BackendUnavailableError, PermanentError
 from inspectloop.core.events import Event
 from inspectloop.core.imagestats import image_stats
 from inspectloop.core.topics import INSPECTIONS, LINE_MODES, ROUTING
-from inspectloop.gateway.decision import LineModes, decision_of, prediction, review
+from inspectloop.gateway.decision import LineModes, decision_of, inspection_id, prediction, review
 from inspectloop.gateway.images import InvalidImageError, check_image
 from inspectloop.gateway.metrics import GatewayMetrics
 from inspectloop.gateway.repository import RepositorySync
@@ -58,16 +58,10 @@ FOLLOWED = (ROUTING, LINE_MODES)
 PRODUCED = (INSPECTIONS,)
 # Line ids label metrics and key the bus: a bounded, printable alphabet.
 LINE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
-_NAMESPACE = uuid.UUID("0d5f2b8e-8c1e-4c4b-9a57-6f0f3c1e2a90")
 
 
 class InvalidRequestError(PermanentError):
     """The request itself is incomplete (no line, no image); answered with 400."""
-
-
-def inspection_id(line: str, request_id: str) -> str:
-    """The id of a line's request's inspection: the same for every retry of the request."""
-    return str(uuid.uuid5(_NAMESPACE, f"{line}/{request_id}"))
 
 
 def _role(role: ModelRole) -> str:

@@ -22,13 +22,13 @@ import tritonclient.grpc as triton_grpc
 from tritonclient.utils import InferenceServerException
 
 from inspectloop.core.errors import BackendUnavailableError, PermanentError
-from inspectloop.gateway.settings import TritonSettings
-from inspectloop.trainer.packaging import (
+from inspectloop.core.onnx_contract import (
     CLASSES_PARAMETER,
     INPUT_NAME,
     OUTPUT_FEATURES,
     OUTPUT_PROBABILITIES,
 )
+from inspectloop.gateway.settings import TritonSettings
 
 OUTPUTS = (OUTPUT_PROBABILITIES, OUTPUT_FEATURES)
 

@@ -38,6 +38,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import Field
 
+from inspectloop.core.onnx_contract import INPUT_NAME, ort_session, read_metadata
 from inspectloop.core.settings import Section
 
 if TYPE_CHECKING:
@@ -396,22 +397,20 @@ def measure_latency(
     is exported to a temporary ONNX file first. ``input_size`` defaults to the model's."""
     import tempfile  # noqa: PLC0415
 
-    from inspectloop.trainer import packaging  # noqa: PLC0415 - torch and onnx are heavy
+    from inspectloop.trainer.packaging import export_onnx  # noqa: PLC0415 - torch is heavy
 
     if runs < 1 or warmup < 0 or batch < 1:
         raise ValueError("runs and batch must be >= 1, warmup >= 0")
     if isinstance(model, Path):
-        size = input_size or int(packaging.read_metadata(model)["input_size"])
-        return _time_session(packaging.ort_session(model, threads), size, runs, warmup, batch)
+        size = input_size or int(read_metadata(model)["input_size"])
+        return _time_session(ort_session(model, threads), size, runs, warmup, batch)
     with tempfile.TemporaryDirectory(prefix="inspectloop-latency-") as tmp:
-        path = packaging.export_onnx(model, model.spec, Path(tmp) / "model.onnx")
+        path = export_onnx(model, model.spec, Path(tmp) / "model.onnx")
         size = input_size or model.spec.input_size
-        return _time_session(packaging.ort_session(path, threads), size, runs, warmup, batch)
+        return _time_session(ort_session(path, threads), size, runs, warmup, batch)
 
 
 def _time_session(session: Any, size: int, runs: int, warmup: int, batch: int) -> LatencyStats:
-    from inspectloop.trainer.packaging import INPUT_NAME  # noqa: PLC0415
-
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
     feed = {INPUT_NAME: images}

@@ -1,17 +1,10 @@
 """Packaging a trained model for serving: ONNX, int8 ONNX for edge, Triton model repositories.
 
-The ONNX contract (every consumer relies on it: Triton, the edge agent's onnxruntime, the
-gateway)::
-
-    input   images         uint8    N x H x W x 3   RGB camera pixels, H = W = spec.input_size
-    output  probabilities  float32  N x C           softmax over spec.classes, in that order
-    output  features       float32  N x D           the embedding (D = spec.embedding_dim), >= 0
-    output  logits         float32  N x C           pre-softmax scores
-
-``N`` is a dynamic batch axis. The preprocessing (``spec.preprocess``: NHWC -> NCHW,
-``(x / 255 - mean) / std``) is *inside* the graph, so nobody outside the model has to repeat
-the normalisation constants, and a client cannot get them wrong. The class names, the spec and
-the contract version are stored in the ONNX file's metadata (``inspectloop.*`` keys).
+The ONNX contract every consumer relies on (inputs, outputs, metadata) is written down in
+:mod:`inspectloop.core.onnx_contract`, with the torch-free helpers that run a packaged model. The
+preprocessing (``spec.preprocess``: NHWC -> NCHW, ``(x / 255 - mean) / std``) is *inside* the
+graph, so nobody outside the model has to repeat the normalisation constants, and a client cannot
+get them wrong.
 
 Exporter: ``torch.onnx.export(..., dynamo=False)`` (the TorchScript exporter) at opset 17. Chosen
 because it writes opset 17 natively (the newer ``torch.export``-based exporter starts at opset 18
@@ -47,7 +40,6 @@ from __future__ import annotations
 
 import enum
 import gzip
-import hashlib
 import json
 import logging
 import shutil
@@ -66,28 +58,30 @@ import torch
 from torch import Tensor, nn
 
 from inspectloop.core.errors import ConfigError, PermanentError
+from inspectloop.core.onnx_contract import (
+    CLASSES_PARAMETER,
+    CONTRACT_VERSION,
+    INPUT_NAME,
+    METADATA_PREFIX,
+    ONNX_FILENAME,
+    OUTPUT_FEATURES,
+    OUTPUT_LOGITS,
+    OUTPUT_NAMES,
+    OUTPUT_PROBABILITIES,
+    as_image_batch,
+    read_metadata,
+    run_onnx,
+    sha256_file,
+)
 from inspectloop.trainer.model import InspectionCNN, ModelSpec
 
 if TYPE_CHECKING:
-    import onnxruntime as ort  # type: ignore[import-untyped, unused-ignore]
-
     from inspectloop.v1 import models_pb2
 
 logger = logging.getLogger(__name__)
 
-CONTRACT_VERSION = "1"
-INPUT_NAME = "images"
-OUTPUT_PROBABILITIES = "probabilities"
-OUTPUT_FEATURES = "features"
-OUTPUT_LOGITS = "logits"
-OUTPUT_NAMES: tuple[str, ...] = (OUTPUT_PROBABILITIES, OUTPUT_FEATURES, OUTPUT_LOGITS)
-#: The ``config.pbtxt`` parameter listing the classes in output order (comma-separated), so
-#: that a client of Triton (the gateway) learns them from the served model's config.
-CLASSES_PARAMETER = "inspectloop_classes"
 DEFAULT_OPSET = 17
 DYNAMO_OPSET = 18
-ONNX_FILENAME = "model.onnx"
-METADATA_PREFIX = "inspectloop."
 
 Exporter = Literal["torchscript", "dynamo"]
 TritonBackend = Literal["onnxruntime", "python"]
@@ -186,15 +180,6 @@ class PackageResult:
 
 
 # --- hashing -------------------------------------------------------------------------------
-
-
-def sha256_file(path: Path) -> str:
-    """Lowercase hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def deterministic_tarball(directory: Path, out_path: Path, arcname: str | None = None) -> Path:
@@ -368,64 +353,6 @@ def _metadata(spec: ModelSpec, exporter: str) -> dict[str, str]:
     }
 
 
-def read_metadata(onnx_path: Path) -> dict[str, str]:
-    """The ``inspectloop.*`` metadata of an exported file (keys without the prefix)."""
-    import onnx  # noqa: PLC0415
-
-    proto = onnx.load(str(onnx_path), load_external_data=False)
-    return {
-        p.key[len(METADATA_PREFIX) :]: p.value
-        for p in proto.metadata_props
-        if p.key.startswith(METADATA_PREFIX)
-    }
-
-
-# --- onnxruntime ---------------------------------------------------------------------------
-
-
-def ort_session(onnx_path: Path, threads: int = 1) -> ort.InferenceSession:
-    """A CPU onnxruntime session with ``threads`` intra-op threads, sequential execution."""
-    import onnxruntime as ort  # type: ignore[import-untyped, unused-ignore]  # noqa: PLC0415
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    return ort.InferenceSession(
-        str(onnx_path), sess_options=options, providers=["CPUExecutionProvider"]
-    )
-
-
-def run_onnx(
-    session: ort.InferenceSession | Path,
-    images: npt.NDArray[np.uint8],
-    batch_size: int = 64,
-) -> dict[str, npt.NDArray[np.float32]]:
-    """Every output of the ONNX model on ``images`` (uint8 ``N x H x W x 3``), batched."""
-    sess = ort_session(session) if isinstance(session, Path) else session
-    images = _as_batch(images)
-    names = [o.name for o in sess.get_outputs()]
-    parts: dict[str, list[npt.NDArray[np.float32]]] = {n: [] for n in names}
-    for start in range(0, len(images), batch_size):
-        outputs = sess.run(names, {INPUT_NAME: images[start : start + batch_size]})
-        for name, value in zip(names, outputs, strict=True):
-            parts[name].append(np.asarray(value, dtype=np.float32))
-    return {n: np.concatenate(v) for n, v in parts.items()}
-
-
-def _as_batch(images: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
-    batch = np.asarray(images)
-    if batch.ndim == 3:
-        batch = batch[None]
-    if batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[-1] != 3 or not len(batch):
-        raise ValueError(
-            f"expected uint8 images N x H x W x 3 (N >= 1), got {batch.dtype} {batch.shape}"
-        )
-    return np.ascontiguousarray(batch)
-
-
 def check_parity(
     model: InspectionCNN,
     onnx_path: Path,
@@ -437,7 +364,7 @@ def check_parity(
     """Largest absolute difference between torch and onnxruntime over every output on
     ``sample_images``; raises :class:`ParityError` (naming each output's difference) when it
     exceeds ``atol`` or the predicted classes differ."""
-    images = _as_batch(sample_images)
+    images = as_image_batch(sample_images)
     expected = reference_outputs(model, spec or model.spec, images)
     actual = run_onnx(onnx_path, images)
     diffs = {
@@ -504,7 +431,7 @@ def quantize_int8(
         quant_pre_process,
     )
 
-    images = _as_batch(calibration_images)
+    images = as_image_batch(calibration_images)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="inspectloop-quant-") as tmp:
         prepared = Path(tmp) / "prepared.onnx"
@@ -572,7 +499,7 @@ def accuracy_delta(
     labels: Sequence[int] | npt.NDArray[np.integer[Any]],
 ) -> Int8Delta:
     """Accuracy of the fp32 and the int8 model on the same labelled images."""
-    batch = _as_batch(images)
+    batch = as_image_batch(images)
     y = np.asarray(labels, dtype=np.int64).reshape(-1)
     if len(y) != len(batch):
         raise ValueError(f"{len(batch)} images but {len(y)} labels")

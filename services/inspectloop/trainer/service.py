@@ -28,6 +28,7 @@ from inspectloop.core.bus import EventBus
 from inspectloop.core.bus.dedupe import derived_event_id
 from inspectloop.core.errors import BackendUnavailableError, PermanentError
 from inspectloop.core.events import Event
+from inspectloop.core.onnx_contract import sha256_file
 from inspectloop.core.registry_client import RegistryClient
 from inspectloop.core.topics import MODELS
 from inspectloop.trainer.data import ImageSet, InspectionDataset, load_split
@@ -40,7 +41,7 @@ from inspectloop.trainer.gates import (
 )
 from inspectloop.trainer.metrics import TrainerMetrics
 from inspectloop.trainer.model import InspectionCNN, ModelSpec, build_model
-from inspectloop.trainer.packaging import ArtifactType, package_model, sha256_file
+from inspectloop.trainer.packaging import ArtifactType, package_model
 from inspectloop.trainer.ray_loop import TrainingConfig
 from inspectloop.trainer.report import ReportInfo, select_worst_errors, write_report
 from inspectloop.trainer.runner import TrainingRunner
