@@ -265,6 +265,11 @@ def test_workloads_follow_the_security_baseline(variant: str) -> None:
             assert context["capabilities"]["drop"] == ["ALL"], name
             assert container["resources"]["requests"], name
             assert "/tmp" in {m["mountPath"] for m in container["volumeMounts"]}, name
+            for port in container.get("ports", []):
+                # A port of the host only where the line's software must reach its own PC.
+                if "hostPort" in port:
+                    assert (component(deployment), port["name"]) == ("edge", "inspect-grpc"), name
+                    assert port["hostPort"] == port["containerPort"], name
             for var in container.get("env", []):
                 if var["name"] == "INSPECTLOOP_EDGE__NODE_ID":
                     assert var["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}

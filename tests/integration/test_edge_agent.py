@@ -7,13 +7,18 @@ session's broker), or the embedded bus.
   restarted meanwhile): every inspection is answered, buffered, and delivered exactly once, in
   order, after the broker is back;
 - a tampered artifact is refused: the old model keeps answering, the node reports DEGRADED;
-- a routing change swaps to the canary and back, the way back from disk with the registry away.
+- a routing change swaps to the canary and back, the way back from disk with the registry away;
+- as deployed (``python -m inspectloop.edge.agent`` on the session's Kafka broker): the line's
+  software gets its answers over the gRPC Inspect API, bad requests are refused with a reason,
+  and every answered inspection reaches the bus once.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -26,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prometheus_client import CollectorRegistry
 
 from inspectloop.core.bus import EventBus, build_bus
+from inspectloop.core.errors import BackendUnavailableError, PermanentError
 from inspectloop.core.events import Event
 from inspectloop.core.onnx_contract import sha256_file
 from inspectloop.core.readiness import poll_until
@@ -33,6 +39,7 @@ from inspectloop.core.registry_client import RegistryClient
 from inspectloop.core.settings import BusSettings, KafkaSettings, LocalBusSettings
 from inspectloop.core.topics import EDGE_HEARTBEATS, INSPECTIONS, ROUTING
 from inspectloop.devtools.harness import KafkaBroker
+from inspectloop.devtools.harness.process import ManagedProcess, pick_free_ports
 from inspectloop.devtools.registry_process import (
     RegistryProxy,
     RegistryUser,
@@ -45,13 +52,23 @@ from inspectloop.edge.metrics import EdgeMetrics
 from inspectloop.edge.models import SIGNATURE_MEDIA_TYPE, ModelStore, load_public_key
 from inspectloop.edge.outbox import Outbox
 from inspectloop.edge.settings import EdgeSection
-from inspectloop.v1.common_pb2 import DECISION_PASS, DECISION_REJECT, MODEL_ROLE_EDGE, ModelRef
+from inspectloop.gateway.decision import inspection_id
+from inspectloop.simulator.traffic import GrpcInspectClient
+from inspectloop.v1.common_pb2 import (
+    DECISION_PASS,
+    DECISION_REJECT,
+    DECISION_UNSPECIFIED,
+    MODEL_ROLE_EDGE,
+    REVIEW_REASON_MODEL_UNAVAILABLE,
+    ModelRef,
+)
 from inspectloop.v1.edge_pb2 import (
     EDGE_NODE_STATE_DEGRADED,
     EDGE_NODE_STATE_FALLBACK,
     EDGE_NODE_STATE_READY,
     EdgeHeartbeat,
 )
+from inspectloop.v1.inspect_service_pb2 import InspectRequest, InspectResponse
 from inspectloop.v1.rollout_pb2 import Routing
 
 pytestmark = pytest.mark.integration
@@ -507,3 +524,110 @@ def test_routing_swaps_to_the_canary_and_rolls_back_from_disk(
     finally:
         again.close()
         again.outbox.close()
+
+
+# --- (d) as deployed: its own process, answering the line over gRPC ----------------------------
+
+
+def test_the_agent_process_answers_the_line_over_grpc(
+    kafka_broker: KafkaBroker, registry_url: str, edge_models: EdgeModels, tmp_path: Path
+) -> None:
+    line = f"edge-line-d-{os.urandom(3).hex()}"
+    grpc_port, metrics_port = pick_free_ports(2)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("INSPECTLOOP_")},
+        "INSPECTLOOP_DATA_DIR": str(tmp_path / "pc"),
+        "INSPECTLOOP_BUS__BACKEND": "kafka",
+        "INSPECTLOOP_BUS__KAFKA__BOOTSTRAP_SERVERS": kafka_broker.bootstrap_servers,
+        "INSPECTLOOP_METRICS__PORT": str(metrics_port),
+        "INSPECTLOOP_LOGGING__JSON_FORMAT": "false",
+        "INSPECTLOOP_EDGE__NODE_ID": f"{line}-pc-1",
+        "INSPECTLOOP_EDGE__LINE": line,
+        "INSPECTLOOP_EDGE__MODEL_NAME": MODEL,
+        "INSPECTLOOP_EDGE__REGISTRY_URL": registry_url,
+        "INSPECTLOOP_EDGE__REGISTRY_TOKEN": TOKEN,
+        "INSPECTLOOP_EDGE__PUBLIC_KEY_FILE": str(edge_models.public_key),
+        "INSPECTLOOP_EDGE__GRPC_PORT": str(grpc_port),
+        "INSPECTLOOP_EDGE__HEARTBEAT_INTERVAL_S": "0.5",
+        "INSPECTLOOP_EDGE__LOOP_INTERVAL_S": "0.1",
+    }
+    bus = build_bus(
+        BusSettings(
+            backend="kafka", kafka=KafkaSettings(bootstrap_servers=kafka_broker.bootstrap_servers)
+        ),
+        "edge-test",
+        CollectorRegistry(),
+    )
+    bus.ensure_topics([*FOLLOWED, *PRODUCED])
+    process = ManagedProcess(
+        "edge-agent",
+        [sys.executable, "-m", "inspectloop.edge.agent"],
+        tmp_path / "edge.log",
+        env=env,
+    )
+    client = GrpcInspectClient(f"127.0.0.1:{grpc_port}")
+
+    def ask(request_id: str, image: bytes, **fields: str) -> InspectResponse:
+        request = InspectRequest(
+            line=fields.get("line", line), request_id=request_id, image=image, camera="cam-1"
+        )
+        request.content_type = fields.get("content_type", "image/png")
+        return client.inspect(request, timeout_s=10)
+
+    def answered_by(version: str) -> bool:
+        try:
+            return ask(f"probe-{uuid.uuid4().hex[:8]}", png(0)).model.version == version
+        except BackendUnavailableError:  # the API is not up yet
+            return False
+
+    answered: list[str] = []
+    process.start()
+    try:
+        # Before any routing the node has no model: it answers, and sends the part to a person.
+        process.wait_ready(lambda: ask("first", png(1)) is not None, timeout=WAIT_S)
+        first = ask("first", png(1))
+        assert first.decision == DECISION_UNSPECIFIED and first.human_review_required
+        assert first.review_reason == REVIEW_REASON_MODEL_UNAVAILABLE
+        answered.append(first.inspection_id)
+
+        stable, canary = edge_models.versions["pass-1"], edge_models.versions["reject"]
+        publish_routing(bus, routing(line, 1, stable))
+        wait_for(lambda: answered_by(stable), "answers from the stable version")
+        passed = ask("unit-1", png(2))
+        assert passed.decision == DECISION_PASS and not passed.human_review_required
+        assert (passed.model.version, passed.model.role) == (stable, MODEL_ROLE_EDGE)
+        assert passed.inspection_id == inspection_id(line, "unit-1")
+        assert passed.prediction.top_class == "good" and passed.latency_ms > 0
+        # A retried request is the same inspection.
+        assert ask("unit-1", png(2)).inspection_id == passed.inspection_id
+        answered.append(passed.inspection_id)
+
+        # Bad requests are refused with the reason, and never reach the bus.
+        with pytest.raises(PermanentError, match="INVALID_ARGUMENT: image bytes are not a PNG"):
+            ask("bad-1", b"not an image at all")
+        with pytest.raises(PermanentError, match=f"inspects line '{line}', not 'line-9'"):
+            ask("bad-2", png(3), line="line-9")
+        with pytest.raises(PermanentError, match="INVALID_ARGUMENT: the request has no image"):
+            ask("bad-3", b"")
+
+        # A new routing swaps the model without a restart.
+        publish_routing(bus, routing(line, 2, stable, canary=canary, edge_wave=1))
+        wait_for(lambda: answered_by(canary), "answers from the canary")
+        rejected = ask("unit-2", png(4))
+        assert rejected.decision == DECISION_REJECT and rejected.model.version == canary
+        answered.append(rejected.inspection_id)
+
+        # Every answered inspection reaches the bus once (probes too), with the node's id.
+        wait_for(lambda: ask("unit-3", png(5)).model.version == canary, "one more answer")
+        answered.append(inspection_id(line, "unit-3"))
+        delivered = read_all(bus, INSPECTIONS, len(answered), line)
+        ids = [e.message.inspection_id for e in delivered]
+        assert len(ids) == len(set(ids)), "an inspection was delivered twice"
+        assert set(answered) <= set(ids)
+        assert not {inspection_id(line, f"bad-{n}") for n in (1, 2, 3)} & set(ids)
+        assert {e.message.edge_node_id for e in delivered} == {f"{line}-pc-1"}
+    finally:
+        client.close()
+        exit_code = process.stop(grace=30)
+        bus.close()
+    assert exit_code == 0, process.log_tail()

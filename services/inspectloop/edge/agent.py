@@ -10,6 +10,8 @@ Threads:
 - loop: applies the wanted routing (download, verify, swap; retried after ``sync_retry_s`` when
   it failed), sends heartbeats when due.
 - drain: moves the outbox to the bus (``outbox.OutboxDrainer``).
+- the Inspect API's gRPC workers (``edge.server``, started by ``main``): the line's software asks
+  them, they call :meth:`EdgeAgent.inspect`.
 
 Inspection never needs the network: the model is on disk and the event goes to the outbox.
 Times written into events and heartbeats come from an injectable clock, so that tests can
@@ -641,6 +643,7 @@ def main() -> None:
     from inspectloop.core.logging import configure_logging  # noqa: PLC0415
     from inspectloop.core.metrics import serve_metrics  # noqa: PLC0415
     from inspectloop.core.settings import load_settings  # noqa: PLC0415
+    from inspectloop.edge.server import serve_inspect  # noqa: PLC0415
 
     settings = load_settings(EdgeSettings, service="edge")
     configure_logging(settings.logging, settings.service)
@@ -655,16 +658,21 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     agent.start()
+    inspect_api = serve_inspect(agent) if settings.edge.grpc_port else None
     log.info(
-        "edge agent %s on line %s (wave %d) serving %s",
+        "edge agent %s on line %s (wave %d) serving %s; Inspect API %s",
         settings.edge.node_id,
         settings.edge.line,
         settings.edge.wave,
         agent._describe(agent._model),
+        f"on {settings.edge.grpc_host}:{settings.edge.grpc_port}" if inspect_api else "off",
     )
     try:
         stop.wait()
     finally:
+        # Requests in flight finish (their events reach the outbox) before the agent closes.
+        if inspect_api is not None:
+            inspect_api.stop(grace=5).wait()
         agent.close()
         agent.outbox.close()
         if server is not None:

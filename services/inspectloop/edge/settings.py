@@ -95,6 +95,22 @@ class EdgeSection(Section):
     inference_threads: int = Field(
         default=1, ge=1, description="onnxruntime intra-op threads of the loaded model."
     )
+    grpc_host: str = Field(
+        default="127.0.0.1",
+        min_length=1,
+        description="Address of the Inspect API: 127.0.0.1 for the line's software on this PC, "
+        "0.0.0.0 for cameras elsewhere on the line's network.",
+    )
+    grpc_port: int = Field(
+        default=8701,
+        ge=0,
+        le=65535,
+        description="Port of the Inspect API, the gateway's gRPC Inspect service answered by "
+        "the local model; 0: none (the agent then only keeps the model and the outbox).",
+    )
+    grpc_workers: int = Field(
+        default=4, ge=1, description="Inspect requests the API handles at the same time."
+    )
     images: ImageLimits = Field(default_factory=ImageLimits, description="Image validation.")
     decision: DecisionSettings = Field(
         default_factory=DecisionSettings, description="Review thresholds of the line modes."
