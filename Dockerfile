@@ -4,6 +4,7 @@
 # `python -m inspectloop.trainer.service`; also the image of the KubeRay head and workers.
 #
 #   docker build -t ghcr.io/inspectloop/inspectloop:0.1.0 .
+#   docker build --build-arg PACKAGE=inspectloop -t ghcr.io/inspectloop/inspectloop-edge:0.1.0 .
 #
 # Base image pinned by tag; pin the digest too when you build releases:
 #   python:3.11.14-slim-bookworm@sha256:<digest of the tag at release time>
@@ -18,7 +19,7 @@ WORKDIR /src
 # Dependencies first (cached while only the sources change), then the package itself.
 COPY pyproject.toml README.md ./
 COPY services ./services
-RUN python -m pip wheel --wheel-dir /wheels .
+RUN python -m pip wheel --wheel-dir /wheels ".[all]"
 
 # --- runtime ----------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime
@@ -41,8 +42,11 @@ RUN apt-get update \
        --shell /usr/sbin/nologin inspectloop \
     && install -d -o 10001 -g 10001 /var/lib/inspectloop
 # The wheels are bind-mounted from the builder: they never become a layer of this image.
+# PACKAGE=inspectloop builds the edge agent's image: the package without its [all] extras
+# (no torch, Ray or Triton), for line PCs (the chart's edge.image).
+ARG PACKAGE="inspectloop[all]"
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
-    python -m pip install --no-index --find-links=/wheels inspectloop
+    python -m pip install --no-index --find-links=/wheels "${PACKAGE}"
 USER 10001:10001
 WORKDIR /var/lib/inspectloop
 # Registry API; the bus consumers' /metrics (INSPECTLOOP_METRICS__PORT in the chart).

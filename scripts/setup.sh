@@ -10,7 +10,16 @@ if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
 fi
 "$VENV/bin/python" -m pip install --quiet --upgrade pip
-"$VENV/bin/python" -m pip install --quiet -e ".[dev]"
+"$VENV/bin/python" -m pip install --quiet -e ".[all,dev]"
+
+# The edge agent's own install, as on a line PC: the package without its [all] extras (no
+# torch, Ray or Triton). tests/ run the agent from it.
+EDGE_VENV="$VENV-edge"
+if [ ! -x "$EDGE_VENV/bin/python" ]; then
+  python3 -m venv "$EDGE_VENV"
+fi
+"$EDGE_VENV/bin/python" -m pip install --quiet --upgrade pip
+"$EDGE_VENV/bin/python" -m pip install --quiet -e .
 
 # Java 17 and Maven fetch and run the Kafka broker; install them where the machine lacks them.
 if ! command -v java >/dev/null || ! command -v mvn >/dev/null; then

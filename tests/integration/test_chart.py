@@ -270,6 +270,9 @@ def test_workloads_follow_the_security_baseline(variant: str) -> None:
                 if "hostPort" in port:
                     assert (component(deployment), port["name"]) == ("edge", "inspect-grpc"), name
                     assert port["hostPort"] == port["containerPort"], name
+        if variant == "production" and component(deployment) == "edge":
+            # Line PCs run the edge image, which has none of the platform's packages.
+            assert pod["containers"][0]["image"].startswith("ghcr.io/inspectloop/inspectloop-edge:")
             for var in container.get("env", []):
                 if var["name"] == "INSPECTLOOP_EDGE__NODE_ID":
                     assert var["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}

@@ -8,9 +8,10 @@ session's broker), or the embedded bus.
   order, after the broker is back;
 - a tampered artifact is refused: the old model keeps answering, the node reports DEGRADED;
 - a routing change swaps to the canary and back, the way back from disk with the registry away;
-- as deployed (``python -m inspectloop.edge.agent`` on the session's Kafka broker): the line's
-  software gets its answers over the gRPC Inspect API, bad requests are refused with a reason,
-  and every answered inspection reaches the bus once.
+- as deployed (``python -m inspectloop.edge.agent`` from the edge install, without the platform's
+  packages, on the session's Kafka broker): the line's software gets its answers over the gRPC
+  Inspect API, bad requests are refused with a reason, and every answered inspection reaches the
+  bus once.
 """
 
 from __future__ import annotations
@@ -77,6 +78,9 @@ TOKEN = "ilr_" + "e" * 40
 MODEL = "edge-tiny"
 T0 = datetime(2025, 3, 1, 6, 0, tzinfo=UTC)
 WAIT_S = 60.0
+# The edge agent's own install, as on a line PC (no torch, Ray or Triton): scripts/setup.sh
+# makes it beside this environment.
+EDGE_PYTHON = Path(sys.prefix + "-edge") / "bin" / "python"
 
 
 # --- the registry, a proxy in front of it, and three signed int8 models ------------------------
@@ -561,7 +565,7 @@ def test_the_agent_process_answers_the_line_over_grpc(
     bus.ensure_topics([*FOLLOWED, *PRODUCED])
     process = ManagedProcess(
         "edge-agent",
-        [sys.executable, "-m", "inspectloop.edge.agent"],
+        [str(EDGE_PYTHON), "-m", "inspectloop.edge.agent"],
         tmp_path / "edge.log",
         env=env,
     )

@@ -1,22 +1,32 @@
 """What each deployable part loads. The edge agent runs on line PCs with onnxruntime only, and the
 serving services' replicas should not carry torch (hundreds of MB per process): only the trainer
-needs it. Each import runs in a fresh interpreter, since this one has imported everything."""
+needs it; no service loads the developer tools (protogen needs grpc_tools, a dev dependency
+absent from the image). Each import runs in a fresh interpreter, since this one has imported
+everything.
+
+The edge agent's own install (``scripts/setup.sh`` makes it beside this environment, as
+``<venv>-edge``: the package without its ``[all]`` extras) runs the edge commands, and the
+platform's commands there say which install they need."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-HEAVY = ("torch", "ray", "tritonclient")
+HEAVY = ("torch", "ray", "tritonclient", "inspectloop.devtools.protogen")
+EDGE_VENV = Path(sys.prefix + "-edge")
 
 # module -> the heavy packages it may load
 ALLOWED: dict[str, set[str]] = {
     "inspectloop.edge.agent": set(),
     "inspectloop.edge.cli": set(),
     "inspectloop.cli": set(),
+    "inspectloop.registry.cli": set(),
     "inspectloop.registry.api": set(),
     "inspectloop.monitor.service": set(),
     "inspectloop.rollout.service": set(),
@@ -47,3 +57,53 @@ def test_serving_parts_do_not_load_the_trainers_packages(module: str) -> None:
 def test_the_probe_sees_a_heavy_import() -> None:
     # The check above can fail: the trainer's packaging does load torch.
     assert "torch" in heavy_packages_loaded_by("inspectloop.trainer.packaging")
+
+
+@pytest.fixture(scope="module")
+def edge_bin() -> Path:
+    python = EDGE_VENV / "bin" / "python"
+    assert python.exists(), f"no edge install at {EDGE_VENV}: run scripts/setup.sh"
+    return python.parent
+
+
+def run_edge(
+    edge_bin: Path, *argv: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(edge_bin / argv[0]), *argv[1:]],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={k: v for k, v in os.environ.items() if not k.startswith("INSPECTLOOP_")} | (env or {}),
+    )
+
+
+def test_the_edge_install_has_none_of_the_platforms_packages(edge_bin: Path) -> None:
+    for package in ("torch", "ray", "tritonclient", "sqlalchemy", "fastapi", "skimage"):
+        result = run_edge(edge_bin, "python", "-c", f"import {package}")
+        assert result.returncode == 1 and "ModuleNotFoundError" in result.stderr, package
+
+
+def test_the_edge_install_runs_the_edge_commands(edge_bin: Path, tmp_path: Path) -> None:
+    result = run_edge(
+        edge_bin,
+        "inspectloop",
+        "edge",
+        "status",
+        env={"INSPECTLOOP_DATA_DIR": str(tmp_path), "INSPECTLOOP_EDGE__LINE": "line-7"},
+    )
+    assert result.returncode == 0, result.stderr
+    status = json.loads(result.stdout)
+    assert (status["line"], status["current"], status["outbox_depth"]) == ("line-7", None, 0)
+    assert (tmp_path / "edge" / "outbox.sqlite3").exists()
+
+
+def test_the_platforms_commands_name_the_install_they_need(edge_bin: Path) -> None:
+    listing = run_edge(edge_bin, "inspectloop", "--help")
+    assert listing.returncode == 0, listing.stderr
+    assert "(not installed)" in listing.stdout
+    result = run_edge(edge_bin, "inspectloop", "registry", "verify-audit")
+    assert result.returncode == 2
+    assert "needs the package 'sqlalchemy'" in result.stderr
+    assert "pip install 'inspectloop[all]'" in result.stderr
