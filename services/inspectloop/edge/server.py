@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import grpc
 
 from inspectloop.core.errors import ConfigError
+from inspectloop.gateway.decision import answer_of, grpc_code
 from inspectloop.gateway.images import InvalidImageError
 from inspectloop.v1.inspect_service_pb2 import InspectRequest, InspectResponse
 from inspectloop.v1.inspect_service_pb2_grpc import (
@@ -54,23 +55,8 @@ class EdgeInspectService(InspectServicer):
                 else None,
             )
         except InvalidImageError as exc:
-            code = (
-                grpc.StatusCode.RESOURCE_EXHAUSTED
-                if exc.status == 413
-                else grpc.StatusCode.INVALID_ARGUMENT
-            )
-            context.abort(code, str(exc))
-        return InspectResponse(
-            decision=event.decision,
-            prediction=event.prediction,
-            model=event.model,
-            human_review_required=event.human_review_required,
-            review_reason=event.review_reason,
-            review_detail=event.review_detail,
-            inspection_id=event.inspection_id,
-            latency_ms=event.latency_ms,
-            line_mode=event.line_mode,
-        )
+            context.abort(grpc_code(exc.status), str(exc))
+        return answer_of(event)
 
 
 def serve_inspect(agent: EdgeAgent) -> grpc.Server:

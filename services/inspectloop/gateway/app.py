@@ -26,7 +26,6 @@ import logging
 import os
 from typing import Annotated, Any
 
-import grpc
 from fastapi import FastAPI, File, Form, HTTPException, Response, UploadFile
 from google.protobuf import json_format
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -36,6 +35,7 @@ from ray.serve.grpc_util import RayServegRPCContext
 
 from inspectloop.core.errors import BackendUnavailableError, ConfigError, PermanentError
 from inspectloop.core.readiness import LOOPBACK, is_port_open, poll_until
+from inspectloop.gateway.decision import grpc_code
 from inspectloop.gateway.images import InvalidImageError
 from inspectloop.gateway.settings import GatewaySection, GatewaySettings
 from inspectloop.v1.inspect_service_pb2 import InspectRequest, InspectResponse
@@ -180,14 +180,7 @@ class GatewayDeployment:
             # stay free for the other requests while this one waits on Triton.
             return await asyncio.to_thread(self.gateway.inspect, request)
         except (PermanentError, BackendUnavailableError) as exc:
-            status = _status(exc)
-            grpc_context.set_code(
-                grpc.StatusCode.UNAVAILABLE
-                if status == 503
-                else grpc.StatusCode.RESOURCE_EXHAUSTED
-                if status == 413
-                else grpc.StatusCode.INVALID_ARGUMENT
-            )
+            grpc_context.set_code(grpc_code(_status(exc)))
             grpc_context.set_details(str(exc))
             return InspectResponse()
 

@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import grpc
 import numpy as np
 import numpy.typing as npt
 
@@ -37,6 +38,8 @@ from inspectloop.v1.common_pb2 import (
     Prediction,
     ReviewReason,
 )
+from inspectloop.v1.inspect_service_pb2 import InspectResponse
+from inspectloop.v1.inspection_pb2 import InspectionEvent
 from inspectloop.v1.monitor_pb2 import LineModeChanged
 
 GOOD = "good"
@@ -47,6 +50,30 @@ def inspection_id(line: str, request_id: str) -> str:
     """The id of a line's request's inspection: the same for every retry of the request, whether
     the gateway or the line's edge agent answers it."""
     return str(uuid.uuid5(_INSPECTION_NAMESPACE, f"{line}/{request_id}"))
+
+
+def answer_of(event: InspectionEvent) -> InspectResponse:
+    """The line's answer to the request its InspectionEvent records (gateway and edge agent)."""
+    return InspectResponse(
+        decision=event.decision,
+        prediction=event.prediction,
+        model=event.model,
+        human_review_required=event.human_review_required,
+        review_reason=event.review_reason,
+        review_detail=event.review_detail,
+        inspection_id=event.inspection_id,
+        latency_ms=event.latency_ms,
+        line_mode=event.line_mode,
+    )
+
+
+def grpc_code(http_status: int) -> grpc.StatusCode:
+    """The gRPC status of a refused inspect request, from its HTTP status (413, 503, other 4xx)."""
+    if http_status == 503:
+        return grpc.StatusCode.UNAVAILABLE
+    if http_status == 413:
+        return grpc.StatusCode.RESOURCE_EXHAUSTED
+    return grpc.StatusCode.INVALID_ARGUMENT
 
 
 def prediction(probabilities: npt.NDArray[np.float32], classes: Sequence[str]) -> Prediction:

@@ -33,7 +33,14 @@ from inspectloop.core.errors import BackendUnavailableError, PermanentError
 from inspectloop.core.events import Event
 from inspectloop.core.imagestats import image_stats
 from inspectloop.core.topics import INSPECTIONS, LINE_MODES, ROUTING
-from inspectloop.gateway.decision import LineModes, decision_of, inspection_id, prediction, review
+from inspectloop.gateway.decision import (
+    LineModes,
+    answer_of,
+    decision_of,
+    inspection_id,
+    prediction,
+    review,
+)
 from inspectloop.gateway.images import InvalidImageError, check_image
 from inspectloop.gateway.metrics import GatewayMetrics
 from inspectloop.gateway.repository import RepositorySync
@@ -251,17 +258,7 @@ class InspectionGateway:
         event.latency_ms = latency * 1000
         self.bus.publish(INSPECTIONS, event, event_id=event.inspection_id)
         self._count(event, latency)
-        return InspectResponse(
-            decision=decision,
-            prediction=pred,
-            model=decider,
-            human_review_required=verdict.required,
-            review_reason=verdict.reason,
-            review_detail=verdict.detail,
-            inspection_id=event.inspection_id,
-            latency_ms=event.latency_ms,
-            line_mode=mode,
-        )
+        return answer_of(event)
 
     def _shadows(
         self,
