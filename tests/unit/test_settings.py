@@ -28,7 +28,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_defaults_without_environment() -> None:
     s = load_settings(CommonSettings)
     assert s.bus.backend == "local"
-    assert s.data_dir == Path(".inspectloop")
+    assert s.data_dir == Path.cwd() / ".inspectloop"
     assert s.bus.kafka.servers == ["127.0.0.1:9092"]
     assert s.metrics.port == 0
 
@@ -203,3 +203,33 @@ def test_settings_env_round_trips_every_kind_of_value(monkeypatch: pytest.Monkey
     # SecretStr compares by value; the revealed text is what the process reads.
     assert settings_env("trainer", trainer)["INSPECTLOOP_TRAINER__REGISTRY_TOKEN"] == "ilr_secret"
     assert "ilr_gw" in settings_env("gateway", gateway)["INSPECTLOOP_GATEWAY__MODELS"]
+
+
+def test_relative_paths_are_made_absolute_once(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # A process started elsewhere (Triton runs in its own directory) must see the same paths.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("INSPECTLOOP_DATA_DIR", "state")
+    monkeypatch.setenv("INSPECTLOOP_TRAINER__REFERENCE_DATASETS", '["data/a", "~/b"]')
+    from inspectloop.trainer.settings import TrainerSettings  # noqa: PLC0415
+
+    s = load_settings(TrainerSettings)
+    assert s.data_dir == tmp_path / "state"
+    assert s.bus.local.directory == tmp_path / "state" / "bus"
+    assert s.trainer.work_dir == tmp_path / "state" / "trainer"
+    assert s.trainer.reference_datasets == (tmp_path / "data" / "a", Path.home() / "b")
+    monkeypatch.chdir("/")
+    assert s.trainer.reference_datasets[0] == tmp_path / "data" / "a"  # fixed at load
+
+
+def test_a_relative_sqlite_url_is_pinned_to_the_working_directory(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    from inspectloop.registry.settings import RegistrySettings  # noqa: PLC0415
+
+    monkeypatch.setenv("INSPECTLOOP_REGISTRY__DATABASE_URL", "sqlite:///db/r.sqlite3")
+    assert load_settings(RegistrySettings).database_url == f"sqlite:///{tmp_path}/db/r.sqlite3"
+    monkeypatch.setenv("INSPECTLOOP_REGISTRY__DATABASE_URL", "sqlite:////abs/r.sqlite3")
+    assert load_settings(RegistrySettings).database_url == "sqlite:////abs/r.sqlite3"

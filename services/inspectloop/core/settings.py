@@ -11,9 +11,17 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from inspectloop.core.errors import ConfigError
@@ -23,6 +31,18 @@ ENV_PREFIX = "INSPECTLOOP_"
 TOOL_VARIABLES = frozenset(
     {"INSPECTLOOP_CACHE_DIR", "INSPECTLOOP_HARNESS_STATE_DIR", "INSPECTLOOP_VENV"}
 )
+
+
+def absolute(path: str | os.PathLike[str]) -> Path:
+    """``path`` made absolute against the working directory of the moment (``~`` expanded,
+    symlinks kept). Every path a user gives is made absolute once, where it enters (settings,
+    CLI options, the harness), so that a relative path means the same thing to a process
+    started in another directory (Triton runs in its data directory, for one)."""
+    return Path(os.path.abspath(Path(path).expanduser()))
+
+
+AbsolutePath = Annotated[Path, AfterValidator(absolute)]
+"""A settings path, absolute once validated (see :func:`absolute`)."""
 
 
 class Section(BaseModel):
@@ -63,7 +83,7 @@ class KafkaSettings(Section):
 
 
 class LocalBusSettings(Section):
-    directory: Path | None = Field(
+    directory: AbsolutePath | None = Field(
         default=None, description="Directory of the embedded event log; defaults to <data_dir>/bus."
     )
     poll_interval_s: float = Field(
@@ -114,7 +134,7 @@ class BlobStoreSettings(Section):
     backend: Literal["filesystem"] = Field(
         default="filesystem", description="Blob store for images and artifacts."
     )
-    root: Path | None = Field(
+    root: AbsolutePath | None = Field(
         default=None,
         description="Root directory of the filesystem store; defaults to <data_dir>/blobs.",
     )
@@ -152,7 +172,7 @@ class CommonSettings(BaseSettings):
     service: str = Field(
         default="inspectloop", description="Service name used in logs and sources."
     )
-    data_dir: Path = Field(
+    data_dir: AbsolutePath = Field(
         default=Path(".inspectloop"), description="Where embedded backends keep their state."
     )
     bus: BusSettings = Field(default_factory=BusSettings, description="The event bus.")

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 
-from inspectloop.core.settings import CommonSettings, Section
+from inspectloop.core.settings import AbsolutePath, CommonSettings, Section
 from inspectloop.gateway.settings import DecisionSettings, ImageLimits
 
 # Node and line ids key the bus and label metrics: the gateway's bounded alphabet.
@@ -47,18 +47,18 @@ class EdgeSection(Section):
     registry_token: SecretStr | None = Field(
         default=None, description="API token of the node's account in the registry (read)."
     )
-    public_key_file: Path | None = Field(
+    public_key_file: AbsolutePath | None = Field(
         default=None,
         description="PEM Ed25519 public key. When set, an artifact is installed only with a "
         "valid detached signature (artifact '<filename>.sig' of the same version, the raw "
         "64-byte Ed25519 signature of the artifact's bytes); unset: SHA-256 check only.",
     )
-    store_dir: Path | None = Field(
+    store_dir: AbsolutePath | None = Field(
         default=None,
         description="Where verified models are kept (versions/, current and previous "
         "symlinks, state); defaults to <data_dir>/edge/models.",
     )
-    outbox_path: Path | None = Field(
+    outbox_path: AbsolutePath | None = Field(
         default=None,
         description="SQLite outbox of events not yet acknowledged by the bus; defaults to "
         "<data_dir>/edge/outbox.sqlite3.",

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from pydantic import Field, SecretStr, model_validator
 
-from inspectloop.core.settings import CommonSettings, Section
+from inspectloop.core.settings import AbsolutePath, CommonSettings, Section
 
 
 class ImageLimits(Section):
@@ -51,7 +49,7 @@ class TritonSettings(Section):
 
 
 class ModelSyncSettings(Section):
-    repository: Path | None = Field(
+    repository: AbsolutePath | None = Field(
         default=None,
         description="Triton's model repository, shared with the gateway: routed versions it "
         "lacks are fetched from the registry into it and loaded. None: the repository is "

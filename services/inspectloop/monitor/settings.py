@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from pydantic import Field, model_validator
 
-from inspectloop.core.settings import CommonSettings, Section
+from inspectloop.core.settings import AbsolutePath, CommonSettings, Section
 
 
 class DetectorSettings(Section):
@@ -118,7 +116,7 @@ class MonitorSection(Section):
     retrain: RetrainPolicy = Field(
         default_factory=RetrainPolicy, description="When to ask for a new model."
     )
-    state_path: Path | None = Field(
+    state_path: AbsolutePath | None = Field(
         default=None, description="SQLite file of the monitor's state; <data_dir>/monitor/..."
     )
 

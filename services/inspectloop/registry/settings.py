@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from inspectloop.core.settings import CommonSettings, Section
+from inspectloop.core.settings import CommonSettings, Section, absolute
 from inspectloop.registry.auth import Role, valid_user_name
 from inspectloop.registry.lifecycle import SIGNABLE_STAGES, Stage
 
@@ -100,6 +100,10 @@ class RegistrySection(Section):
         scheme = value.split(":", 1)[0].split("+", 1)[0]
         if scheme not in ("sqlite", "postgresql", "postgres"):
             raise ValueError("must be a sqlite:/// or postgresql:// URL")
+        # sqlite:///relative/path is relative to the working directory: pin it now.
+        prefix, _, path = value.partition(":///")
+        if scheme == "sqlite" and path and not path.startswith("/") and path != ":memory:":
+            return f"{prefix}:///{absolute(path)}"
         return value
 
     @field_validator("bootstrap_users")
@@ -121,7 +125,7 @@ class RegistrySettings(CommonSettings):
     @model_validator(mode="after")
     def _derive_database_url(self) -> RegistrySettings:
         if self.registry.database_url is None:
-            path = (self.data_dir / "registry.sqlite3").absolute()
+            path = self.data_dir / "registry.sqlite3"
             section = self.registry.model_copy(update={"database_url": f"sqlite:///{path}"})
             object.__setattr__(self, "registry", section)
         return self

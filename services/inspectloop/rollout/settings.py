@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal, get_args
 
 from pydantic import Field, SecretStr, model_validator
 
-from inspectloop.core.settings import CommonSettings, Section
+from inspectloop.core.settings import AbsolutePath, CommonSettings, Section
 from inspectloop.rollout.analysis import Thresholds
 from inspectloop.rollout.machine import APPROVE_CANARY, APPROVE_PRODUCTION, Policy
 
@@ -144,7 +143,7 @@ class RolloutSection(Section):
     tick_s: float = Field(
         default=1.0, gt=0, description="Seconds between the controller's checks of its rollouts."
     )
-    state_path: Path | None = Field(
+    state_path: AbsolutePath | None = Field(
         default=None,
         description="SQLite file of the rollouts' status; default <data_dir>/rollout.sqlite.",
     )

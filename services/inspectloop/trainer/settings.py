@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from pydantic import Field, SecretStr, model_validator
 
-from inspectloop.core.settings import CommonSettings, Section
+from inspectloop.core.settings import AbsolutePath, CommonSettings, Section
 from inspectloop.trainer.gates import GateSettings
 
 
@@ -54,7 +52,7 @@ class TrainerSection(Section):
     fine_tune: bool = Field(
         default=True, description="Start from the parent (production) model's weights."
     )
-    reference_datasets: tuple[Path, ...] = Field(
+    reference_datasets: tuple[AbsolutePath, ...] = Field(
         default=(), description="Reference datasets (simulator layout) every snapshot includes."
     )
     synthesised_images: int = Field(
@@ -96,7 +94,7 @@ class TrainerSection(Section):
         description="How long a retrain request waits for the labelled images it requires "
         "(min_labelled_images) to reach the trainer before it is dead-lettered.",
     )
-    golden_dataset: Path | None = Field(
+    golden_dataset: AbsolutePath | None = Field(
         default=None, description="Dataset whose 'golden' split must never regress."
     )
     registry_url: str = Field(
@@ -105,7 +103,7 @@ class TrainerSection(Section):
     registry_token: SecretStr | None = Field(
         default=None, description="API token of the trainer's service account in the registry."
     )
-    work_dir: Path | None = Field(
+    work_dir: AbsolutePath | None = Field(
         default=None, description="Snapshots, runs and packages; defaults to <data_dir>/trainer."
     )
     gates: GateSettings = Field(

@@ -25,6 +25,7 @@ from typing import Any
 
 from inspectloop.core.errors import BackendUnavailableError, ConfigError
 from inspectloop.core.readiness import LOOPBACK, is_port_open
+from inspectloop.core.settings import absolute
 from inspectloop.devtools.harness.process import (
     ManagedProcess,
     ensure_ports_free,
@@ -204,8 +205,8 @@ class KafkaBroker:
         heap: str = DEFAULT_HEAP,
         extra_properties: dict[str, str] | None = None,
     ) -> None:
-        self.cache_dir = Path(cache_dir)
-        self.data_dir = Path(data_dir)
+        self.cache_dir = absolute(cache_dir)
+        self.data_dir = absolute(data_dir)
         self.heap = heap
         self.extra_properties = dict(extra_properties or {})
         self.port, self.controller_port = self._choose_ports(port, controller_port)

@@ -39,6 +39,7 @@ from psycopg import sql
 
 from inspectloop.core.errors import BackendUnavailableError, ConfigError
 from inspectloop.core.readiness import LOOPBACK
+from inspectloop.core.settings import absolute
 from inspectloop.devtools.harness.process import (
     ManagedProcess,
     default_cache_dir,
@@ -180,7 +181,7 @@ class PostgresServer:
         durable: bool = False,
         os_user: str = OS_USER,
     ) -> None:
-        self.data_dir = Path(os.path.abspath(data_dir))
+        self.data_dir = absolute(data_dir)
         self.port = port if port is not None else pick_free_port()
         self.durable = durable
         self._as_root = os.geteuid() == 0

@@ -31,6 +31,7 @@ from inspectloop.core.readiness import (
     LOOPBACK,
     is_port_open,
 )
+from inspectloop.core.settings import absolute
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ _ERROR_LINE = re.compile(r"\b(ERROR|FATAL)\b|^E\d{4} |level=error|Exception\b|Er
 def default_cache_dir() -> Path:
     """Where fetched components live: ``$INSPECTLOOP_CACHE_DIR`` or ``~/.cache/inspectloop``."""
     configured = os.environ.get("INSPECTLOOP_CACHE_DIR")
-    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "inspectloop"
+    return absolute(configured) if configured else Path.home() / ".cache" / "inspectloop"
 
 
 def pick_free_ports(count: int, host: str = LOOPBACK) -> list[int]:
@@ -180,9 +181,9 @@ class ManagedProcess:
             raise ConfigError(f"{name}: empty command line")
         self.name = name
         self.argv = list(argv)
-        self.log_path = log_path
+        self.log_path = absolute(log_path)
         self.env = dict(env) if env is not None else None
-        self.cwd = cwd
+        self.cwd = absolute(cwd) if cwd is not None else None
         self.stop_grace = stop_grace
         self._popen: subprocess.Popen[bytes] | None = None
         self._detached = False

@@ -24,6 +24,7 @@ from typing import Any
 
 from inspectloop.core.errors import BackendUnavailableError, ConfigError
 from inspectloop.core.readiness import LOOPBACK, poll_until
+from inspectloop.core.settings import absolute
 from inspectloop.devtools.harness.process import (
     ManagedProcess,
     default_cache_dir,
@@ -139,10 +140,10 @@ class PrometheusServer:
         *,
         rule_files: Sequence[Path] = (),
     ) -> None:
-        self.data_dir = Path(data_dir)
+        self.data_dir = absolute(data_dir)
         self.scrape_targets = [_validate_target(t) for t in scrape_targets]
         self.scrape_interval = scrape_interval
-        self.rule_files = [Path(p) for p in rule_files]
+        self.rule_files = [absolute(p) for p in rule_files]
         self.port = port if port is not None else pick_free_port()
         self._process: ManagedProcess | None = None
 

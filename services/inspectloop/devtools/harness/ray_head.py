@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 from types import TracebackType
 
+from inspectloop.core.settings import absolute
 from inspectloop.devtools.harness.process import ManagedProcess, pick_free_ports
 
 DEFAULT_READY_TIMEOUT_S = 120.0
@@ -24,7 +25,7 @@ DEFAULT_READY_TIMEOUT_S = 120.0
 
 class RayHead:
     def __init__(self, data_dir: Path, num_cpus: int = 2) -> None:
-        self.data_dir = Path(data_dir)
+        self.data_dir = absolute(data_dir)
         self.num_cpus = num_cpus
         # Every port of its own: another Ray on the machine (a test's local ray.init) holds the
         # defaults, and a head whose dashboard agent cannot bind never accepts jobs.

@@ -30,6 +30,7 @@ from typing import Any
 
 from inspectloop.core.errors import BackendUnavailableError, ConfigError, PermanentError
 from inspectloop.core.readiness import LOOPBACK, poll_until
+from inspectloop.core.settings import absolute
 from inspectloop.devtools.harness.process import (
     ManagedProcess,
     ensure_ports_free,
@@ -142,9 +143,9 @@ class TritonServer:
         metrics_port: int | None = None,
         extra_args: list[str] | None = None,
     ) -> None:
-        self.model_repository = Path(model_repository)
-        self.cache_dir = Path(cache_dir)
-        self.data_dir = Path(data_dir)
+        self.model_repository = absolute(model_repository)
+        self.cache_dir = absolute(cache_dir)
+        self.data_dir = absolute(data_dir)
         self.extra_args = list(extra_args or [])
         fresh = iter(pick_free_ports(3))
         self.http_port = http_port if http_port is not None else next(fresh)
