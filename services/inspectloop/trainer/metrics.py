@@ -43,3 +43,23 @@ class TrainerMetrics:
             "Operator-labelled images stored for training, by line.",
             ["line"],
         )
+        self.training_progress = metrics.gauge(
+            "training_progress",
+            "ratio",
+            "How far the running training is (0..1, by optimiser steps); 0 when none runs.",
+        )
+        self.training_eta = metrics.gauge(
+            "training_eta",
+            "seconds",
+            "Seconds the running training still needs at its pace so far; 0 when none runs.",
+        )
+        self.training_epoch = metrics.gauge(
+            "training_epoch",
+            "epochs",
+            "The epoch the running training is in (from 1); 0 when none runs.",
+        )
+        self.training_planned = metrics.gauge(
+            "training_planned",
+            "epochs",
+            "Epochs the running training will train; 0 when none runs.",
+        )

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,42 @@ from inspectloop.trainer.snapshot import repeat_new_appearance
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "train_state.pt"
+PROGRESS_FILE = "progress.json"  # rank 0's epoch and step, for the trainer's progress bar
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far a training run is: written by rank 0 into ``progress_dir``, read by the trainer."""
+
+    epoch: int  # the epoch being trained, from 1
+    epochs: int
+    step: int  # the step within that epoch, from 1
+    steps_per_epoch: int
+    seconds: float  # since this worker started training
+
+    @property
+    def fraction(self) -> float:
+        total = self.epochs * self.steps_per_epoch
+        return min(1.0, ((self.epoch - 1) * self.steps_per_epoch + self.step) / total)
+
+    @property
+    def eta_s(self) -> float:
+        """Seconds left at the pace so far."""
+        done = self.fraction
+        return self.seconds * (1 - done) / done if done > 0 else float("inf")
+
+    @classmethod
+    def read(cls, directory: Path) -> Progress | None:
+        """The last progress written to ``directory``, None before the first step."""
+        try:
+            return cls(**json.loads((directory / PROGRESS_FILE).read_text(encoding="utf-8")))
+        except (OSError, ValueError, TypeError):
+            return None  # not written yet, or caught mid-replace on a filesystem without rename
+
+    def write(self, directory: Path) -> None:
+        tmp = directory / f".{PROGRESS_FILE}.{os.getpid()}"
+        tmp.write_text(json.dumps(self.__dict__), encoding="utf-8")
+        os.replace(tmp, directory / PROGRESS_FILE)
 
 
 @dataclass(frozen=True)
@@ -112,6 +149,16 @@ def train_loop_per_worker(raw_config: dict[str, Any]) -> None:
         progress.mkdir(parents=True, exist_ok=True)
         (progress / f"worker-{rank}.pid").write_text(str(os.getpid()))
 
+    started = time.monotonic()
+    last_written = [0.0]
+
+    def on_step(epoch: int, epochs: int, step: int, steps: int) -> None:
+        now = time.monotonic()
+        if progress is None or rank != 0 or (now - last_written[0] < 1.0 and step < steps):
+            return
+        last_written[0] = now
+        Progress(epoch, epochs, step, steps, now - started).write(progress)
+
     def on_epoch(record: EpochRecord, state: TrainState) -> None:
         metrics = {
             "epoch": record.epoch,
@@ -141,6 +188,7 @@ def train_loop_per_worker(raw_config: dict[str, Any]) -> None:
         world_size=world_size,
         resume=resume,
         on_epoch=on_epoch,
+        on_step=on_step,
     )
 
 

@@ -12,9 +12,12 @@ id (its idempotency key), and the ModelVersion event carries an id derived from 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import platform
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +45,7 @@ from inspectloop.trainer.gates import (
 from inspectloop.trainer.metrics import TrainerMetrics
 from inspectloop.trainer.model import InspectionCNN, ModelSpec, build_model
 from inspectloop.trainer.packaging import ArtifactType, package_model
-from inspectloop.trainer.ray_loop import TrainingConfig
+from inspectloop.trainer.ray_loop import Progress, TrainingConfig
 from inspectloop.trainer.report import ReportInfo, select_worst_errors, write_report
 from inspectloop.trainer.runner import TrainingRunner
 from inspectloop.trainer.settings import TrainerSection
@@ -113,6 +116,54 @@ def parent_spec(record: dict[str, Any], weights: Path, configured: ModelSpec) ->
     except RuntimeError:  # missing, unexpected or differently shaped tensors
         return None
     return configured
+
+
+@contextlib.contextmanager
+def watch_progress(
+    directory: Path, metrics: TrainerMetrics, run_name: str, poll_s: float = 1.0
+) -> Iterator[None]:
+    """While the block runs, the training's progress (written by its rank 0 worker into
+    ``directory``) goes to the progress gauges, and to the log at every tenth."""
+    stop = threading.Event()
+
+    def poll() -> None:
+        logged = -1
+        while not stop.wait(poll_s):
+            progress = Progress.read(directory)
+            if progress is None:
+                continue
+            metrics.training_progress.set(progress.fraction)
+            metrics.training_eta.set(progress.eta_s if progress.fraction > 0 else 0)
+            metrics.training_epoch.set(progress.epoch)
+            metrics.training_planned.set(progress.epochs)
+            tenth = int(progress.fraction * 10)
+            if tenth > logged:
+                logged = tenth
+                log.info(
+                    "%s: epoch %d/%d, step %d/%d, %.0f%%, %.0f s left",
+                    run_name,
+                    progress.epoch,
+                    progress.epochs,
+                    progress.step,
+                    progress.steps_per_epoch,
+                    100 * progress.fraction,
+                    progress.eta_s,
+                )
+
+    thread = threading.Thread(target=poll, name="training-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        for gauge in (
+            metrics.training_progress,
+            metrics.training_eta,
+            metrics.training_epoch,
+            metrics.training_planned,
+        ):
+            gauge.set(0)
 
 
 class TrainerService:
@@ -311,8 +362,10 @@ class TrainerService:
             run_name=run_name,
             parent_weights=str(parent_weights) if parent_weights else None,
             new_appearance_repeats=settings.new_appearance_repeats if parent_weights else 1,
+            progress_dir=str(self._work / "runs" / run_name / "progress"),
         )
-        result = self._runner.run(config, self._work / "runs" / run_name)
+        with watch_progress(Path(config.progress_dir or ""), self._metrics, run_name):
+            result = self._runner.run(config, self._work / "runs" / run_name)
         model = build_model(self.spec)
         model.load_state_dict(torch.load(result.weights_path, weights_only=True))
         model.eval()
