@@ -7,10 +7,16 @@ from pathlib import Path
 import pytest
 
 from inspectloop.core.errors import ConfigError
-from inspectloop.demo.story import fresh_work_dir, headline, outcomes
+from inspectloop.demo.story import fresh_work_dir, headline, line_summary, outcomes
 from inspectloop.demo.timeline import Mark, Sample, Timeline
 from inspectloop.simulator.traffic import GroundTruthStore, UnitTruth
-from inspectloop.v1.common_pb2 import DECISION_PASS, DECISION_REJECT, ModelRef
+from inspectloop.v1.common_pb2 import (
+    DECISION_PASS,
+    DECISION_REJECT,
+    LINE_MODE_AUTO,
+    LINE_MODE_MANUAL,
+    ModelRef,
+)
 from inspectloop.v1.inspect_service_pb2 import InspectResponse
 
 
@@ -116,6 +122,38 @@ def test_promoted_but_still_guarded_is_not_yet_recovered(truth: GroundTruthStore
     assert h.seconds_to_new_model_at_100 == 200
     assert h.false_reject_rate_after_recovery is None
     assert h.inspections_after_recovery == 0
+
+
+def test_the_whole_run_of_a_line_is_counted_by_the_mode_it_was_decided_in(
+    tmp_path: Path,
+) -> None:
+    store = GroundTruthStore(tmp_path / "t.sqlite")
+    # (defect, decision, reviewed, mode)
+    units = [
+        ("good", DECISION_PASS, False, LINE_MODE_AUTO),
+        ("scratch", DECISION_PASS, False, LINE_MODE_AUTO),  # an escape in auto
+        ("good", DECISION_REJECT, False, LINE_MODE_AUTO),  # a false reject in auto
+        ("scratch", DECISION_PASS, True, LINE_MODE_MANUAL),  # caught by a person
+        ("good", DECISION_REJECT, True, LINE_MODE_MANUAL),
+    ]
+    for i, (defect, decision, reviewed, mode) in enumerate(units):
+        store.record(UnitTruth(f"r{i}", "line-2", "S", "A", "gs1-dm", defect, 0.5, "0" * 64, i))
+        store.record_response(
+            f"r{i}",
+            InspectResponse(decision=decision, human_review_required=reviewed, line_mode=mode),
+        )
+    summary = line_summary(store, "line-2", "manual")
+    assert summary.final_mode == "manual"
+    auto, manual = summary.by_mode["auto"], summary.by_mode["manual"]
+    assert (auto.inspections, auto.reviews, auto.false_rejects, auto.escapes) == (3, 0, 1, 1)
+    assert (manual.inspections, manual.reviews, manual.false_rejects, manual.escapes) == (
+        2,
+        2,
+        1,
+        0,
+    )
+    assert summary.by_mode["guarded"].inspections == 0
+    assert summary.total().inspections == 5
 
 
 def test_a_fresh_work_dir_keeps_only_the_seed_dataset(tmp_path: Path) -> None:

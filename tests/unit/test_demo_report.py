@@ -10,7 +10,16 @@ import pytest
 
 from inspectloop.demo import report
 from inspectloop.demo.report import write_report
-from inspectloop.demo.timeline import GOALS, Headline, Mark, Sample, Timeline, goals_met
+from inspectloop.demo.timeline import (
+    GOALS,
+    Headline,
+    LineSummary,
+    Mark,
+    ModeCounts,
+    Sample,
+    Timeline,
+    goals_met,
+)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 NASTY = '<script>alert("x")</script> & <b>bold</b>'
@@ -71,6 +80,11 @@ def _synthetic() -> Timeline:
         false_reject_rate_after_recovery=0.001,
         inspections_after_recovery=400,
         human_reviews=590,
+        lines=[
+            LineSummary("line-1", "auto", {"auto": ModeCounts(600, 3, 1, 0)}),
+            LineSummary("line-2", "auto", {"auto": ModeCounts(1210, 5, 2, 0)}),
+        ],
+        completed=True,
     )
     headline.goals = goals_met(headline)
     return Timeline(
@@ -142,6 +156,13 @@ def _headline(**changes: object) -> Headline:
         false_reject_rate_after_recovery=0.003,
         inspections_after_recovery=1000,
         human_reviews=300,
+        lines=[
+            LineSummary(
+                "line-1",
+                "auto",
+                {"auto": ModeCounts(900, 9, 2, 0), "manual": ModeCounts(300, 300, 0, 0)},
+            )
+        ],
     )
     for k, v in changes.items():
         setattr(h, k, v)
@@ -178,6 +199,41 @@ def test_goals_unmet(field: str, value: object, goal: str) -> None:
     assert goals[goal] is False
     # Only that goal fails.
     assert [k for k, ok in goals.items() if not ok] == [goal]
+
+
+def test_a_line_ending_in_manual_or_escaping_in_auto_misses_its_goal() -> None:
+    manual = _headline(lines=[LineSummary("line-1", "manual", {"auto": ModeCounts(10, 0, 0, 0)})])
+    assert [k for k, ok in goals_met(manual).items() if not ok] == ["every_line_ends_in_auto"]
+    # Escapes while manual were reviewed away; one escape in auto misses the goal.
+    escaped = _headline(
+        lines=[
+            LineSummary(
+                "line-2",
+                "auto",
+                {"auto": ModeCounts(4000, 30, 5, 1), "manual": ModeCounts(10, 10, 0, 3)},
+            )
+        ]
+    )
+    assert [k for k, ok in goals_met(escaped).items() if not ok] == ["zero_escapes_in_auto"]
+    # No line summaries at all is no evidence: both goals are missed.
+    assert {k for k, ok in goals_met(_headline(lines=[])).items() if not ok} == {
+        "every_line_ends_in_auto",
+        "zero_escapes_in_auto",
+    }
+
+
+def test_report_says_which_line_escaped_in_auto_and_how_each_ended(tmp_path: Path) -> None:
+    tl = _synthetic()
+    assert tl.headline is not None
+    tl.headline.lines[1] = LineSummary(
+        "line-2", "manual", {"auto": ModeCounts(1200, 5, 2, 12), "manual": ModeCounts(10, 10, 0, 0)}
+    )
+    tl.headline.completed = False
+    tl.headline.goals = goals_met(tl.headline)
+    text = " ".join(_parse(write_report(tl, tmp_path / "r")).text)
+    assert "ends the run in manual" in text
+    assert "The story did not complete." in text
+    assert "All goals met:" in text and "All goals met: yes" not in text
 
 
 def test_report_writes_html_and_every_png(tmp_path: Path) -> None:

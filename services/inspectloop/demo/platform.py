@@ -291,6 +291,7 @@ def process_platform(
             inspect_client=client,
             triton_url=triton.grpc_url,
             monitor_metrics_url=addresses.monitor_metrics,
+            trainer_metrics_url=addresses.trainer_metrics,
         )
         yield plant, addresses
         echo("stopping the services")

@@ -26,7 +26,9 @@ from inspectloop.demo.timeline import (
     GOAL_SECONDS_TO_NEW_MODEL,
     GOALS,
     MODES,
+    Headline,
     Mark,
+    ModeCounts,
     Sample,
     Timeline,
     goals_met,
@@ -360,6 +362,7 @@ th { background: #f3f3f3; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .met { color: #1a7f37; font-weight: bold; }
 .unmet { color: #cf222e; font-weight: bold; }
+.bad { color: #cf222e; font-weight: bold; }
 figure { margin: 1.5em 0; }
 figure img { max-width: 100%; border: 1px solid #ddd; }
 figcaption, .note { color: #555; font-size: 0.9em; }
@@ -423,9 +426,44 @@ def _headline_html(tl: Timeline) -> str:
             f"<tr><td>{_e(key)}</td><td></td><td></td><td>{_verdict(h.goals[key])}</td></tr>"
         )
     out.append("</table>")
-    known = [verdicts[k] for k in GOALS]
+    out.append(_lines_html(h))
+    known = [verdicts.get(k, False) for k in GOALS]
     all_met = all(known) and all(h.goals.values())
     out.append(f"<p>All goals met: {_verdict(all_met, 'yes', 'no')}</p>")
+    if not h.completed:
+        out.append('<p class="bad">The story did not complete.</p>')
+    return "\n".join(out)
+
+
+def _lines_html(h: Headline) -> str:
+    """Every line over the whole run, by mode: what a plant would count."""
+    if not h.lines:
+        return ""
+    out = [
+        "<h3>Every line over the whole run</h3>",
+        "<table><tr><th>line</th><th>mode</th><th>inspections</th><th>human reviews</th>"
+        "<th>false rejects</th><th>escapes</th></tr>",
+    ]
+    for summary in h.lines:
+        for mode in MODES:
+            c = summary.by_mode.get(mode, ModeCounts())
+            flag = " class='bad'" if mode == "auto" and c.escapes else ""
+            out.append(
+                f"<tr><td>{_e(summary.line)}</td><td>{mode}</td><td class='num'>{c.inspections}"
+                f"</td><td class='num'>{c.reviews}</td><td class='num'>{c.false_rejects}</td>"
+                f"<td class='num'{flag}>{c.escapes}</td></tr>"
+            )
+        final = "" if summary.final_mode == "auto" else " class='bad'"
+        out.append(
+            f"<tr><td>{_e(summary.line)}</td><td colspan='5'{final}>ends the run in "
+            f"{_e(summary.final_mode)}</td></tr>"
+        )
+    out.append("</table>")
+    out.append(
+        '<p class="note">Escapes: defective units the line passed with no person looking. '
+        "False rejects: good units the model rejected (in guarded and manual mode a person "
+        "reviews them).</p>"
+    )
     return "\n".join(out)
 
 

@@ -99,7 +99,11 @@ def embedded_plant(config: DemoConfig, echo: Callable[[str], None]) -> Iterator[
         bus.ensure_topics(ALL_TOPICS)
         blobs = FilesystemBlobStore(work / "blobs", 64 * 1024 * 1024)
 
-        gateway_registry, monitor_registry = CollectorRegistry(), CollectorRegistry()
+        gateway_registry, monitor_registry, trainer_registry = (
+            CollectorRegistry(),
+            CollectorRegistry(),
+            CollectorRegistry(),
+        )
         gateway_metrics = GatewayMetrics(gateway_registry)
         gateway_settings = gateway_section(scenario, triton.grpc_url)
         triton_models = TritonModels(gateway_settings.triton)
@@ -131,12 +135,17 @@ def embedded_plant(config: DemoConfig, echo: Callable[[str], None]) -> Iterator[
             registry=RegistryClient(registry_url, TOKEN),
             runner=LocalRayRunner(num_cpus=2),
             labels=LabelStore(work / "trainer" / "labels.sqlite3"),
-            metrics=TrainerMetrics(CollectorRegistry()),
+            metrics=TrainerMetrics(trainer_registry),
         )
-        servers = [serve_metrics(r, "127.0.0.1", 0) for r in (gateway_registry, monitor_registry)]
+        servers = [
+            serve_metrics(r, "127.0.0.1", 0)
+            for r in (gateway_registry, monitor_registry, trainer_registry)
+        ]
         for server in servers:
             stack.callback(server.close)
-        targets = [f"http://127.0.0.1:{s.port}/metrics" for s in servers]
+        # The rollout judges the gateway's and the monitor's figures; the story reads the
+        # trainer's for its progress bar.
+        *targets, trainer_metrics = [f"http://127.0.0.1:{s.port}/metrics" for s in servers]
         section = rollout_section(
             config,
             registry_url,
@@ -174,6 +183,7 @@ def embedded_plant(config: DemoConfig, echo: Callable[[str], None]) -> Iterator[
             inspect_client=InProcessClient(gateway),
             triton_url=triton.grpc_url,
             monitor_metrics_url=targets[1],
+            trainer_metrics_url=trainer_metrics,
         )
 
 
@@ -183,8 +193,11 @@ def _shutdown_ray() -> None:
     ray.shutdown()
 
 
-def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> Timeline:
+def run_demo(
+    config: DemoConfig, echo: Callable[[str], None] = print, *, live: bool = False
+) -> Timeline:
+    """The story on the embedded plant; ``live`` draws progress bars in place (a terminal)."""
     with embedded_plant(config, echo) as plant:
-        timeline, _ = run_story(plant, config, echo)
+        timeline, _ = run_story(plant, config, echo, live=live)
         echo("stopping the services")
     return timeline

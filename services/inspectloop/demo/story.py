@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -40,7 +40,18 @@ from inspectloop.core.topics import (
     ROUTING,
 )
 from inspectloop.demo.report import write_report
-from inspectloop.demo.timeline import Headline, Mark, Sample, Timeline, goals_met
+from inspectloop.demo.terminal import Terminal, progress_bar
+from inspectloop.demo.timeline import (
+    GOALS,
+    MODES,
+    Headline,
+    LineSummary,
+    Mark,
+    ModeCounts,
+    Sample,
+    Timeline,
+    goals_met,
+)
 from inspectloop.gateway.routing import RoutingTable
 from inspectloop.gateway.settings import GatewaySection, TritonSettings
 from inspectloop.gateway.triton import TritonModels
@@ -86,6 +97,9 @@ class DemoConfig:
     # reject rate after recovery is measured on them.
     after_recovery_s: float = 60.0
     timeout_s: float = 1800.0
+    # "first-model": stop once the first model serves every line (a smoke run of the whole
+    # set-up: services, first training, rollout), "story": play the whole story.
+    until: Literal["story", "first-model"] = "story"
     # The gates at this scale (a half-width CNN, two minutes of training on two cores), far
     # below production's (99.7% accuracy, 95% recall per class), which need the full-scale
     # recipe of benchmarks/train.py (about ten minutes per training here).
@@ -227,6 +241,7 @@ class Plant:
     inspect_client: InspectClient  # the line PCs' connection to the gateway
     triton_url: str  # Triton's gRPC address: is the routed version loaded?
     monitor_metrics_url: str  # the monitor's /metrics: drift statistics and thresholds
+    trainer_metrics_url: str  # the trainer's /metrics: how far a training is
 
 
 class Recorder:
@@ -339,6 +354,29 @@ class Recorder:
         )
 
 
+TRAINING_GAUGES = (
+    "inspectloop_trainer_retrains_running_requests",
+    "inspectloop_trainer_training_progress_ratio",
+    "inspectloop_trainer_training_eta_seconds",
+    "inspectloop_trainer_training_epoch_epochs",
+    "inspectloop_trainer_training_planned_epochs",
+)
+
+
+def read_metrics(url: str, names: tuple[str, ...]) -> dict[str, float]:
+    """The values of unlabelled metrics ``names`` on a /metrics page ({} when unreachable)."""
+    try:
+        text = httpx.get(url, timeout=5).text
+    except httpx.HTTPError:
+        return {}
+    return {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name in names
+    }
+
+
 # line -> (detector -> statistic, detector -> threshold)
 DriftReadings = dict[str, tuple[dict[str, float], dict[str, float]]]
 
@@ -364,10 +402,15 @@ def read_drift(monitor_metrics_url: str) -> DriftReadings:
 
 
 def outcomes(
-    truth: GroundTruthStore, line: str, since: float = 0.0, until: float = float("inf")
+    truth: GroundTruthStore,
+    line: str,
+    since: float = 0.0,
+    until: float = float("inf"),
+    mode: str | None = None,
 ) -> dict[str, int]:
-    """What the line's answered units were, by the simulator's ground truth."""
-    rows = truth.answered(line, since, until)
+    """What the line's answered units were, by the simulator's ground truth (only those
+    decided in ``mode``, when given)."""
+    rows = [r for r in truth.answered(line, since, until) if mode is None or r.mode == mode]
     inspections = len(rows)
     reviews = sum(r.human_review for r in rows)
     false_rejects = sum(r.rejected and not r.defective for r in rows)
@@ -421,12 +464,13 @@ class ConsumerThreads:
 class _Story:
     """The simulated plant floor around a plant: lines, operators, and the recorder."""
 
-    def __init__(self, plant: Plant, scenario: Scenario, work: Path, echo: Callable[[str], None]):
+    def __init__(self, plant: Plant, scenario: Scenario, work: Path, terminal: Terminal):
         self.plant = plant
         self.scenario = scenario
+        self.terminal = terminal
         self.truth = GroundTruthStore(work / "truth.sqlite")
         self.operators = OperatorSimulator(plant.bus, self.truth, scenario.operators, scenario.seed)
-        self.recorder = Recorder(scenario, echo)
+        self.recorder = Recorder(scenario, terminal.echo)
         self.threads = ConsumerThreads(plant.bus)
         self.stop = self.threads.stop
 
@@ -444,6 +488,27 @@ class _Story:
                 self.stop.wait(0.2)
 
         self.threads.spawn("operators-publish", publish_verdicts)
+        self.threads.spawn("training-progress", self._show_training)
+
+    def _show_training(self) -> None:
+        """A progress bar for every training, from the trainer's /metrics."""
+        shown = False
+        while not self.stop.wait(1.0):
+            values = read_metrics(self.plant.trainer_metrics_url, TRAINING_GAUGES)
+            if values.get("inspectloop_trainer_retrains_running_requests", 0) < 1:
+                if shown:
+                    self.terminal.done()
+                    shown = False
+                continue
+            fraction = values.get("inspectloop_trainer_training_progress_ratio", 0.0)
+            epoch = int(values.get("inspectloop_trainer_training_epoch_epochs", 0))
+            epochs = int(values.get("inspectloop_trainer_training_planned_epochs", 0))
+            eta = values.get("inspectloop_trainer_training_eta_seconds")
+            detail = f"epoch {epoch}/{epochs}" if epochs else "preparing the training data"
+            self.terminal.progress(
+                progress_bar("training", fraction, detail, eta if epochs else None), fraction
+            )
+            shown = True
 
     def close(self) -> None:
         self.threads.close()
@@ -451,24 +516,24 @@ class _Story:
 
 
 def run_story(
-    plant: Plant, config: DemoConfig, echo: Callable[[str], None] = print
+    plant: Plant, config: DemoConfig, echo: Callable[[str], None] = print, *, live: bool = False
 ) -> tuple[Timeline, Path]:
     """Train the first model, run the lines, redesign line 1's label, and wait for the plant to
     recover on its own; returns the timeline (with its headline figures) and the report's path.
     The timeline and report are written before the plant stops."""
     scenario = load_scenario(config.scenario)
-    story = _Story(plant, scenario, config.work, echo)
+    terminal = Terminal(echo, live=live)
+    story = _Story(plant, scenario, config.work, terminal)
     try:
         story.start()
-        return _run(story, config, echo)
+        return _run(story, config, terminal.echo)
     finally:
         story.close()
 
 
-def _run(story: _Story, config: DemoConfig, echo: Callable[[str], None]) -> tuple[Timeline, Path]:
+def _train_first_model(story: _Story, lines: list[str], deadline: float) -> str:
+    """Ask for the first model of every line and wait until Triton serves it; its version."""
     plant, recorder, scenario = story.plant, story.recorder, story.scenario
-    lines = [spec.id for spec in scenario.lines]
-    echo(f"training the first model for {', '.join(lines)} on Ray Train (2 workers)")
     plant.bus.publish(
         RETRAIN_REQUESTS,
         RetrainRequest(
@@ -483,7 +548,6 @@ def _run(story: _Story, config: DemoConfig, echo: Callable[[str], None]) -> tupl
         ),
         event_id=INITIAL_REQUEST,
     )
-    deadline = time.monotonic() + config.timeout_s
     triton = TritonModels(TritonSettings(url=plant.triton_url))
 
     def first_model_served() -> bool:
@@ -499,7 +563,20 @@ def _run(story: _Story, config: DemoConfig, echo: Callable[[str], None]) -> tupl
         wait(first_model_served, deadline, "the first model to be rolled out")
     finally:
         triton.close()
-    first = recorder.routing.get(lines[0]).stable.version
+    return recorder.routing.get(lines[0]).stable.version
+
+
+def _run(story: _Story, config: DemoConfig, echo: Callable[[str], None]) -> tuple[Timeline, Path]:
+    plant, recorder, scenario = story.plant, story.recorder, story.scenario
+    lines = [spec.id for spec in scenario.lines]
+    echo(f"training the first model for {', '.join(lines)} on Ray Train (2 workers)")
+    deadline = time.monotonic() + config.timeout_s
+    first = _train_first_model(story, lines, deadline)
+    if config.until == "first-model":
+        echo(f"v{first} serves {', '.join(lines)}: stopping here (--until first-model)")
+        timeline = recorder.timeline
+        timeline.to_json(config.work / "timeline.json")
+        return timeline, write_report(timeline, config.work / "report")
     echo(f"v{first} serves {', '.join(lines)}; the lines start")
     recorder.restart_clock()
     simulator = LineSimulator(
@@ -509,6 +586,7 @@ def _run(story: _Story, config: DemoConfig, echo: Callable[[str], None]) -> tupl
     story.threads.spawn("lines", lambda: _run_lines(simulator, traffic_stop, recorder))
     line = recorder.timeline.redesign_line
     recovered_at: float | None = None
+    completed = False
     try:
         while time.monotonic() < deadline:
             recorder.sample(story.truth, read_drift(plant.monitor_metrics_url))
@@ -523,6 +601,7 @@ def _run(story: _Story, config: DemoConfig, echo: Callable[[str], None]) -> tupl
                 config.after_recovery_s
             ):
                 echo("the story is complete")
+                completed = True
                 break
             story.stop.wait(config.sample_every_s)
         else:
@@ -531,7 +610,8 @@ def _run(story: _Story, config: DemoConfig, echo: Callable[[str], None]) -> tupl
         traffic_stop.set()
     recorder.sample(story.truth, read_drift(plant.monitor_metrics_url))
     timeline = recorder.timeline
-    timeline.headline = headline(timeline, story.truth)
+    final_modes = {spec_line: recorder.mode(spec_line) for spec_line in lines}
+    timeline.headline = headline(timeline, story.truth, final_modes, completed=completed)
     timeline.to_json(config.work / "timeline.json")
     report = write_report(timeline, config.work / "report")
     print_headline(timeline, report, echo)
@@ -556,8 +636,37 @@ def print_headline(timeline: Timeline, report: Path, echo: Callable[[str], None]
             + (f"{frr:.2%} of {h.inspections_after_recovery}" if frr is not None else "n/a")
         )
         echo(f"  human reviews:                 {h.human_reviews}")
+        echo("")
+        echo("the whole run, per line and mode (escapes: defective units passed unreviewed):")
+        echo(
+            f"  {'line':8} {'mode':8} {'inspections':>11} {'reviews':>8} {'false rej.':>10} "
+            f"{'escapes':>8}"
+        )
+        for summary in h.lines:
+            for mode in MODES:
+                c = summary.by_mode.get(mode, ModeCounts())
+                echo(
+                    f"  {summary.line:8} {mode:8} {c.inspections:>11} {c.reviews:>8} "
+                    f"{c.false_rejects:>10} {c.escapes:>8}"
+                )
+            echo(f"  {summary.line:8} ends the run in {summary.final_mode}")
+        echo("")
         for goal, met in h.goals.items():
-            echo(f"  goal {goal}: {'met' if met else 'NOT met'}")
+            echo(f"  goal: {GOALS.get(goal, goal)}: {'met' if met else 'NOT MET'}")
+        for summary in h.lines:
+            auto_escapes = summary.by_mode.get("auto", ModeCounts()).escapes
+            if auto_escapes:
+                echo(f"  {summary.line}: {auto_escapes} defective units passed in auto unreviewed")
+            if summary.final_mode != "auto":
+                echo(f"  {summary.line} ends the run in {summary.final_mode}, not auto")
+        if not h.completed:
+            echo("  the story did NOT complete")
+        verdict = (
+            "completed, every goal met"
+            if h.completed and h.all_goals_met
+            else ("completed, NOT every goal met" if h.completed else "NOT completed")
+        )
+        echo(f"the story: {verdict}")
     echo(f"report: {report}")
 
 
@@ -615,8 +724,21 @@ def _first_mark(
     )
 
 
-def headline(timeline: Timeline, truth: GroundTruthStore) -> Headline:
-    """The figures the story is judged by, from the simulator's ground truth."""
+def line_summary(truth: GroundTruthStore, line: str, final_mode: str) -> LineSummary:
+    """The line's whole run by mode, from the simulator's ground truth."""
+    by_mode = {mode: ModeCounts(**outcomes(truth, line, mode=mode)) for mode in MODES}
+    return LineSummary(line=line, final_mode=final_mode, by_mode=by_mode)
+
+
+def headline(
+    timeline: Timeline,
+    truth: GroundTruthStore,
+    final_modes: dict[str, str] | None = None,
+    *,
+    completed: bool = False,
+) -> Headline:
+    """The figures the story is judged by, from the simulator's ground truth; ``final_modes``
+    (line -> the mode it ended in) gives the whole-run summary of every line."""
     line = timeline.redesign_line
     redesign = timeline.redesign_at
     detected = _first_mark(
@@ -656,6 +778,8 @@ def headline(timeline: Timeline, truth: GroundTruthStore) -> Headline:
         inspections_after_recovery=after["inspections"] if after else 0,
         human_reviews=reviews,
         goals={},
+        lines=[line_summary(truth, name, mode) for name, mode in (final_modes or {}).items()],
+        completed=completed,
     )
     result.goals = goals_met(result)
     return result

@@ -25,11 +25,12 @@ MARK_KINDS = (
     "routing",
 )
 
-# Goals of issue 8 item 3, for the 2-core demo machine.
+# The story's goals, for the 2-core demo machine (issues 8 and 22).
 GOAL_DETECTION_INSPECTIONS = 200
 GOAL_ESCAPES_DURING_TRANSITION = 0
 GOAL_SECONDS_TO_NEW_MODEL = 900.0
 GOAL_FALSE_REJECT_RATE = 0.003
+GOAL_ESCAPES_IN_AUTO = 0
 
 # Goal name -> how it reads in the report. The names are the keys of Headline.goals.
 GOALS: dict[str, str] = {
@@ -37,9 +38,39 @@ GOALS: dict[str, str] = {
     "zero_escapes_during_transition": "zero escapes during the transition",
     "new_model_at_100_within_15_min": "new model at 100% within 15 minutes of the redesign",
     "false_reject_rate_after_recovery_max_0.3pct": "false reject rate after recovery <= 0.3%",
+    "every_line_ends_in_auto": "every line ends the run in auto",
+    "zero_escapes_in_auto": "no escapes on any line while it was in auto, over the whole run",
 }
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+
+
+@dataclass
+class ModeCounts:
+    """A line's answered units while it was in one mode, over the whole run (ground truth)."""
+
+    inspections: int = 0
+    reviews: int = 0  # sent to a person
+    false_rejects: int = 0  # good units the model rejected
+    escapes: int = 0  # defective units passed with no person looking
+
+
+@dataclass
+class LineSummary:
+    """One line over the whole run."""
+
+    line: str
+    final_mode: str  # the mode the line ended the run in
+    by_mode: dict[str, ModeCounts] = field(default_factory=dict)  # auto/guarded/manual
+
+    def total(self) -> ModeCounts:
+        counts = ModeCounts()
+        for c in self.by_mode.values():
+            counts.inspections += c.inspections
+            counts.reviews += c.reviews
+            counts.false_rejects += c.false_rejects
+            counts.escapes += c.escapes
+        return counts
 
 
 @dataclass
@@ -82,6 +113,12 @@ class Headline:
     inspections_after_recovery: int
     human_reviews: int  # total human reviews during the run
     goals: dict[str, bool] = field(default_factory=dict)  # goal name (GOALS) -> met
+    lines: list[LineSummary] = field(default_factory=list)  # every line, over the whole run
+    completed: bool = False  # the story reached its end (recovery, then the watch after it)
+
+    @property
+    def all_goals_met(self) -> bool:
+        return bool(self.goals) and all(self.goals.values())
 
 
 def goals_met(h: Headline) -> dict[str, bool]:
@@ -100,6 +137,13 @@ def goals_met(h: Headline) -> dict[str, bool]:
         "false_reject_rate_after_recovery_max_0.3pct": frr is not None
         and not math.isnan(frr)
         and frr <= GOAL_FALSE_REJECT_RATE,
+        "every_line_ends_in_auto": bool(h.lines)
+        and all(line.final_mode == "auto" for line in h.lines),
+        "zero_escapes_in_auto": bool(h.lines)
+        and all(
+            line.by_mode.get("auto", ModeCounts()).escapes <= GOAL_ESCAPES_IN_AUTO
+            for line in h.lines
+        ),
     }
 
 
@@ -134,7 +178,7 @@ class Timeline:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Timeline:
         fmt = data.get("format", FORMAT_VERSION)
-        if fmt != FORMAT_VERSION:
+        if fmt not in (1, FORMAT_VERSION):  # 1: before the whole-run line summaries
             raise ValueError(f"timeline format {fmt!r} is not supported (want {FORMAT_VERSION})")
         h = data.get("headline")
         return cls(
@@ -199,4 +243,16 @@ def _headline(h: dict[str, Any]) -> Headline:
         inspections_after_recovery=int(h.get("inspections_after_recovery", 0)),
         human_reviews=int(h.get("human_reviews", 0)),
         goals={str(k): bool(v) for k, v in (h.get("goals") or {}).items()},
+        lines=[
+            LineSummary(
+                line=str(s["line"]),
+                final_mode=str(s["final_mode"]),
+                by_mode={
+                    str(mode): ModeCounts(**{k: int(v) for k, v in counts.items()})
+                    for mode, counts in (s.get("by_mode") or {}).items()
+                },
+            )
+            for s in h.get("lines", [])
+        ],
+        completed=bool(h.get("completed", False)),
     )

@@ -18,7 +18,7 @@ from typing import Protocol
 import grpc
 
 from inspectloop.core.errors import BackendUnavailableError, PermanentError, TransientError
-from inspectloop.v1.common_pb2 import DECISION_REJECT
+from inspectloop.v1.common_pb2 import DECISION_REJECT, LineMode
 from inspectloop.v1.inspect_service_pb2 import InspectRequest, InspectResponse
 from inspectloop.v1.inspect_service_pb2_grpc import InspectStub
 
@@ -92,7 +92,8 @@ CREATE TABLE IF NOT EXISTS truth (
     inspection_id TEXT,
     decision TEXT,
     human_review INTEGER,
-    model_version TEXT
+    model_version TEXT,
+    line_mode TEXT
 );
 CREATE INDEX IF NOT EXISTS truth_by_inspection ON truth (inspection_id);
 """
@@ -103,6 +104,12 @@ class AnsweredUnit:
     defective: bool
     rejected: bool
     human_review: bool
+    mode: str  # the line's mode when the unit was decided: auto, guarded, manual ("" unknown)
+
+
+def mode_name(mode: int) -> str:
+    """``auto``, ``guarded`` or ``manual`` for a LineMode value ("" when unspecified)."""
+    return "" if mode == 0 else LineMode.Name(mode).removeprefix("LINE_MODE_").lower()
 
 
 class GroundTruthStore:
@@ -140,12 +147,13 @@ class GroundTruthStore:
         with self._lock:
             self._conn.execute(
                 "UPDATE truth SET inspection_id = ?, decision = ?, human_review = ?, "
-                "model_version = ? WHERE request_id = ?",
+                "model_version = ?, line_mode = ? WHERE request_id = ?",
                 (
                     response.inspection_id,
                     str(response.decision),
                     int(response.human_review_required),
                     response.model.version,
+                    mode_name(response.line_mode),
                     request_id,
                 ),
             )
@@ -179,8 +187,8 @@ class GroundTruthStore:
         """The line's units sent in ``[since_s, until_s)`` that got an answer."""
         with self._lock:
             rows = self._conn.execute(
-                "SELECT defect_class, decision, human_review FROM truth WHERE line = ? AND "
-                "decision IS NOT NULL AND sent_at_s >= ? AND sent_at_s < ?",
+                "SELECT defect_class, decision, human_review, line_mode FROM truth WHERE line = ? "
+                "AND decision IS NOT NULL AND sent_at_s >= ? AND sent_at_s < ?",
                 (line, since_s, until_s),
             ).fetchall()
         return [
@@ -188,8 +196,9 @@ class GroundTruthStore:
                 defective=defect != "good",
                 rejected=decision == str(DECISION_REJECT),
                 human_review=bool(review),
+                mode=mode or "",
             )
-            for defect, decision, review in rows
+            for defect, decision, review, mode in rows
         ]
 
     def close(self) -> None:
