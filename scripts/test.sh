@@ -3,7 +3,7 @@
 # every test (unit, integration against real Kafka, Prometheus and Triton, e2e).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh --tests
 VENV=${INSPECTLOOP_VENV:-.venv}
 export PATH="$PWD/$VENV/bin:$PATH"
 
