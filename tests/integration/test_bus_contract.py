@@ -479,3 +479,120 @@ def test_handler_failures_retry_then_dead_letter_or_pause(bus_env: BusEnv) -> No
     finally:
         source.close()
     assert kinds == ["transient", "permanent"]
+
+
+@pytest.mark.parametrize("long_running", [True, False], ids=["long-running", "plain"])
+def test_a_handler_longer_than_the_poll_interval_runs_once(
+    bus_env: BusEnv, long_running: bool
+) -> None:
+    # Two members of one group; one gets the record and its handler runs three times as long
+    # as the group lets a member go without polling (a training). A long-running consumer keeps
+    # its membership: the record is handled once and committed. A plain one is evicted and the
+    # other member handles the record again (what the trainer did before).
+    settings = bus_env.settings.model_copy(
+        update={
+            "keep_alive_s": 0.5,
+            "kafka": bus_env.settings.kafka.model_copy(update={"max_poll_interval_ms": 6000}),
+        }
+    )
+    limit_s = (
+        settings.kafka.max_poll_interval_ms / 1000
+        if bus_env.backend == "kafka"
+        else settings.local.session_timeout_s
+    )
+    bus = build_bus(settings, "contract-test", CollectorRegistry())
+    bus_env.buses.append(bus)
+    topic = new_topic()
+    bus.ensure_topics([topic])
+    group = f"long-{uuid.uuid4().hex[:6]}"
+    calls: list[str] = []
+    again = threading.Event()
+    committed = threading.Event()
+    lock = threading.Lock()
+
+    def handle(event: Event[Any]) -> None:
+        with lock:
+            calls.append(event.message.inspection_id)
+            first = len(calls) == 1
+        if first:
+            again.wait(3 * limit_s)  # the long run, cut short if another member starts over
+        else:
+            again.set()
+
+    stop = threading.Event()
+    members = [
+        bus.consumer(
+            group,
+            [topic],
+            handle,
+            long_running=long_running,
+            before_commit=lambda offsets: committed.set() if calls else None,
+        )
+        for _ in range(2)
+    ]
+    threads = [threading.Thread(target=m.run, args=(stop, 0.2), daemon=True) for m in members]
+    for thread in threads:
+        thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while sum(len(m.assignment()) for m in members) != PARTITIONS:
+            assert time.monotonic() < deadline, "the group did not settle"
+            time.sleep(0.1)  # the members' own threads are joining the group
+        bus.publish(topic, InspectionEvent(inspection_id="train", line="line-1")).result(30)
+        if long_running:
+            assert committed.wait(3 * limit_s + 60), "the long handler's record was not committed"
+            assert calls == ["train"]
+        else:
+            assert again.wait(3 * limit_s + 60), "the evicted member's record was not redelivered"
+            assert calls == ["train", "train"]
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=60)
+    if long_running:
+        # Committed once: a new member of the group finds nothing to do.
+        handled: list[str] = []
+        with bus.consumer(group, [topic], lambda e: handled.append("again")) as late:
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                late.poll_once(0.2)
+        assert handled == []
+
+
+def test_stopping_during_a_long_handler_leaves_its_record_for_the_restart(
+    bus_env: BusEnv,
+) -> None:
+    # SIGTERM during a training: the consumer stops at once instead of waiting for the handler,
+    # and the record is not committed, so the next member of the group (the restarted trainer)
+    # gets it again.
+    settings = bus_env.settings.model_copy(update={"keep_alive_s": 0.2})
+    bus = build_bus(settings, "contract-test", CollectorRegistry())
+    bus_env.buses.append(bus)
+    topic = new_topic()
+    bus.ensure_topics([topic])
+    group = f"abandon-{uuid.uuid4().hex[:6]}"
+    started = threading.Event()
+    release = threading.Event()
+
+    def train(event: Event[Any]) -> None:
+        started.set()
+        release.wait(120)  # a training far longer than the test
+
+    stop = threading.Event()
+    member = bus.consumer(group, [topic], train, long_running=True)
+    thread = threading.Thread(target=member.run, args=(stop, 0.2), daemon=True)
+    thread.start()
+    try:
+        bus.publish(topic, InspectionEvent(inspection_id="train", line="line-1")).result(30)
+        assert started.wait(60), "the handler never started"
+        stop.set()
+        thread.join(timeout=30)
+        assert not thread.is_alive(), "the consumer waited for its handler instead of stopping"
+    finally:
+        release.set()
+    handled: list[str] = []
+    with bus.consumer(group, [topic], lambda e: handled.append(e.message.inspection_id)) as late:
+        deadline = time.monotonic() + 60
+        while not handled and time.monotonic() < deadline:
+            late.poll_once(0.2)
+    assert handled == ["train"]

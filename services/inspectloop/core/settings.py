@@ -119,6 +119,13 @@ class BusSettings(Section):
         ge=0,
         description="First back-off between handler attempts; doubles each retry.",
     )
+    keep_alive_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="A long-running consumer's handler (the trainer's) runs on a worker "
+        "thread; while it runs, the consumer pauses its partitions and polls this often, so it "
+        "stays in its group past max_poll_interval_ms.",
+    )
     max_batch: int = Field(
         default=500, ge=1, description="Most records handled between two commits."
     )

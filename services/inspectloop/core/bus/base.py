@@ -95,6 +95,12 @@ class Source(Protocol):
 
     def assignment(self) -> set[TopicPartition]: ...
 
+    def pause(self, partitions: Iterable[TopicPartition]) -> None:
+        """Fetch nothing from ``partitions`` until :meth:`resume` (polls keep the membership)."""
+        ...
+
+    def resume(self, partitions: Iterable[TopicPartition]) -> None: ...
+
     def close(self) -> None: ...
 
 
@@ -179,10 +185,16 @@ class EventBus:
         handler: Handler,
         *,
         before_commit: Callable[[Mapping[TopicPartition, int]], None] | None = None,
+        long_running: bool = False,
     ) -> Consumer:
         """A member of consumer group ``group`` that feeds every event of ``topics`` to
         ``handler``. ``before_commit`` runs after a batch and its outputs succeeded, just before
-        the offsets are committed (used for checkpoints and by crash tests)."""
+        the offsets are committed (used for checkpoints and by crash tests).
+
+        ``long_running``: the handler may run for longer than the group allows between polls
+        (a training: hours). It then runs on a worker thread while this consumer pauses its
+        partitions and keeps polling, so that it stays in the group, the record is handled
+        once, and its offset is committed by the member that handled it."""
         source = self._source_factory(group, [t.name for t in topics])
         return Consumer(
             self,
@@ -191,6 +203,7 @@ class EventBus:
             topics=topics,
             handler=handler,
             before_commit=before_commit,
+            long_running=long_running,
         )
 
     def raw_source(self, group: str, topic_names: Sequence[str]) -> Source:
@@ -217,6 +230,10 @@ class _BatchPausedError(Exception):
     """A handler's backend is down: stop the batch, commit what finished, redeliver the rest."""
 
 
+class _HandlerAbandonedError(Exception):
+    """The consumer was stopped while a long-running handler ran: its record is not committed."""
+
+
 class Consumer:
     """One consumer-group member. Call :meth:`poll_once` in a loop, or :meth:`run`."""
 
@@ -229,7 +246,9 @@ class Consumer:
         topics: Sequence[Topic[Any]],
         handler: Handler,
         before_commit: Callable[[Mapping[TopicPartition, int]], None] | None,
+        long_running: bool = False,
     ) -> None:
+        self._long_running = long_running
         self._bus = bus
         self._source = source
         self.group = group
@@ -239,6 +258,7 @@ class Consumer:
         self._settings = bus.settings
         self._metrics = bus._metrics
         self._stop = threading.Event()
+        self._run_stop: threading.Event | None = None  # the event run() was given
 
     def assignment(self) -> set[TopicPartition]:
         return self._source.assignment()
@@ -259,6 +279,10 @@ class Consumer:
                 done[(record.topic, record.partition)] = record.offset + 1
         except _BatchPausedError:
             paused = True
+        except _HandlerAbandonedError:
+            # Stopping mid-handler: what finished is committed, the rest is delivered again.
+            self._finish_batch(first, done, paused=True)
+            return sum(1 for r in records if r.offset < done.get((r.topic, r.partition), -1))
         self._finish_batch(first, done, paused)
         if paused:
             self._stop.wait(self._settings.retry_backoff_s)
@@ -301,7 +325,9 @@ class Consumer:
         while True:
             attempts += 1
             try:
-                self._handler(event)
+                self._call(event)
+            except _HandlerAbandonedError:
+                raise
             except BackendUnavailableError as exc:
                 # Dead-lettering everything while a dependency is down would lose the stream's
                 # order and flood the DLQ: pause and redeliver instead.
@@ -335,6 +361,58 @@ class Consumer:
             )
             return
 
+    def _call(self, event: Event[Any]) -> None:
+        """The handler on ``event``; for a long-running consumer, on a worker thread while this
+        one keeps the group membership alive (see :meth:`EventBus.consumer`)."""
+        if not self._long_running:
+            self._handler(event)
+            return
+        failure: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                self._handler(event)
+            except BaseException as exc:  # re-raised on the consumer's thread
+                failure.append(exc)
+
+        worker = threading.Thread(target=work, name=f"{self.group}-handler", daemon=True)
+        worker.start()
+        worker.join(self._settings.keep_alive_s)
+        if worker.is_alive():
+            self._keep_alive(worker)
+        if failure:
+            raise failure[0]
+
+    def _keep_alive(self, worker: threading.Thread) -> None:
+        """Poll, fetching nothing, until ``worker`` ends. A partition assigned meanwhile (a
+        rebalance) is paused too; anything fetched from it before that is given back."""
+        paused: set[TopicPartition] = set()
+        try:
+            while worker.is_alive():
+                if self._stop.is_set() or (self._run_stop is not None and self._run_stop.is_set()):
+                    # A training may run for an hour: stopping does not wait for it. Its record
+                    # is not committed, so the group delivers it again after the restart (and
+                    # the trainer resumes from the run's last checkpoint).
+                    log.warning(
+                        "consumer %s stopping with a handler still running: its record is not "
+                        "committed and will be delivered again",
+                        self.group,
+                    )
+                    raise _HandlerAbandonedError
+                fresh = self._source.assignment() - paused
+                if fresh:
+                    self._source.pause(fresh)
+                    paused |= fresh
+                records = self._source.poll(self._settings.max_batch, 0.0)
+                if records:
+                    first: dict[TopicPartition, int] = {}
+                    for record in records:
+                        first.setdefault((record.topic, record.partition), record.offset)
+                    self._source.rewind(first)
+                worker.join(self._settings.keep_alive_s)
+        finally:
+            self._source.resume(paused & self._source.assignment())
+
     def _dead_letter(self, record: RawRecord, kind: str, reason: str, attempts: int) -> None:
         log.error(
             "dead-lettering %s/%d@%d (%s): %s",
@@ -364,6 +442,7 @@ class Consumer:
     def run(self, stop: threading.Event | None = None, poll_timeout_s: float = 1.0) -> None:
         """Consume until ``stop`` (or :meth:`stop`) is set; then leave the group cleanly."""
         stop_event = stop or self._stop
+        self._run_stop = stop_event
         try:
             while not stop_event.is_set() and not self._stop.is_set():
                 try:

@@ -22,7 +22,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager
 from pathlib import Path
@@ -272,6 +272,7 @@ class LocalSource:
         self._session_timeout = settings.local.session_timeout_s
         self.member_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._positions: dict[TopicPartition, int] = {}
+        self._paused: set[TopicPartition] = set()
         self._last_heartbeat = 0.0
         self._closed = False
         for topic in self._topics:
@@ -327,6 +328,7 @@ class LocalSource:
             return
         for tp in current - mine:
             del self._positions[tp]
+            self._paused.discard(tp)
         for tp in sorted(mine - current):
             row = self._conn.execute(
                 "SELECT next_offset FROM offsets WHERE grp = ? AND topic = ? AND partition = ?",
@@ -358,6 +360,8 @@ class LocalSource:
         for (topic, partition), position in sorted(self._positions.items()):
             if len(records) >= max_records:
                 break
+            if (topic, partition) in self._paused:
+                continue
             rows = self._conn.execute(
                 "SELECT offset, key, value, headers FROM records "
                 "WHERE topic = ? AND partition = ? AND offset >= ? ORDER BY offset LIMIT ?",
@@ -386,6 +390,12 @@ class LocalSource:
 
     def assignment(self) -> set[TopicPartition]:
         return set(self._positions)
+
+    def pause(self, partitions: Iterable[TopicPartition]) -> None:
+        self._paused |= set(partitions) & set(self._positions)
+
+    def resume(self, partitions: Iterable[TopicPartition]) -> None:
+        self._paused -= set(partitions)
 
     def close(self) -> None:
         if self._closed:
