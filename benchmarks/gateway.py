@@ -57,7 +57,7 @@ from inspectloop.core.topics import INSPECTIONS
 from inspectloop.devtools.gateway_stack import Stack, gateway_stack
 from inspectloop.gateway.metrics import GatewayMetrics
 from inspectloop.gateway.service import InspectionGateway
-from inspectloop.gateway.triton import TritonModels
+from inspectloop.inspection.triton import TritonScorer
 from inspectloop.simulator.products import default_catalogue
 from inspectloop.simulator.render import render_label
 from inspectloop.simulator.traffic import GrpcInspectClient
@@ -151,7 +151,7 @@ def in_process_gateway(stack: Stack, tmp: Path) -> InspectionGateway:
         section,
         bus=bus,
         blobs=FilesystemBlobStore(tmp / "core-blobs", 1 << 24),
-        triton=TritonModels(section.triton),
+        triton=TritonScorer(section.triton),
         metrics=GatewayMetrics(CollectorRegistry()),
     )
 

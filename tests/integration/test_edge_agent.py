@@ -53,7 +53,7 @@ from inspectloop.edge.metrics import EdgeMetrics
 from inspectloop.edge.models import SIGNATURE_MEDIA_TYPE, ModelStore, load_public_key
 from inspectloop.edge.outbox import Outbox
 from inspectloop.edge.settings import EdgeSection
-from inspectloop.gateway.decision import inspection_id
+from inspectloop.inspection.decision import inspection_id
 from inspectloop.simulator.traffic import GrpcInspectClient
 from inspectloop.v1.common_pb2 import (
     DECISION_PASS,

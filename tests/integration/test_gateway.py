@@ -18,13 +18,14 @@ from inspectloop.core.errors import BackendUnavailableError
 from inspectloop.core.topics import INSPECTIONS, LINE_MODES, ROUTING
 from inspectloop.devtools.harness.process import pick_free_port
 from inspectloop.devtools.tiny_models import NAME, REJECTS, SPEC, png
-from inspectloop.gateway.decision import inspection_id
-from inspectloop.gateway.images import InvalidImageError
 from inspectloop.gateway.metrics import GatewayMetrics
 from inspectloop.gateway.routing import canary_bucket
 from inspectloop.gateway.service import InspectionGateway, InvalidRequestError
-from inspectloop.gateway.settings import GatewaySection, TritonSettings
-from inspectloop.gateway.triton import TritonModels
+from inspectloop.gateway.settings import GatewaySection
+from inspectloop.inspection.decision import inspection_id
+from inspectloop.inspection.images import InvalidImageError
+from inspectloop.inspection.settings import TritonSettings
+from inspectloop.inspection.triton import TritonScorer
 from inspectloop.v1.common_pb2 import (
     DECISION_PASS,
     DECISION_REJECT,
@@ -81,7 +82,7 @@ def make_gateway(bus: EventBus, tmp_path: Path, triton_url: str) -> InspectionGa
         settings,
         bus=bus,
         blobs=FilesystemBlobStore(tmp_path / "blobs", 1 << 20),
-        triton=TritonModels(settings.triton),
+        triton=TritonScorer(settings.triton),
         metrics=GatewayMetrics(CollectorRegistry()),
     )
 

@@ -26,8 +26,9 @@ from inspectloop.devtools.tiny_models import SPEC, png, tiny_model
 from inspectloop.gateway.metrics import GatewayMetrics
 from inspectloop.gateway.repository import RepositorySync
 from inspectloop.gateway.service import InspectionGateway
-from inspectloop.gateway.settings import GatewaySection, ModelSyncSettings, TritonSettings
-from inspectloop.gateway.triton import TritonModels
+from inspectloop.gateway.settings import GatewaySection, ModelSyncSettings
+from inspectloop.inspection.settings import TritonSettings
+from inspectloop.inspection.triton import TritonScorer
 from inspectloop.trainer.packaging import (
     deterministic_tarball,
     export_onnx,
@@ -109,7 +110,7 @@ def test_an_unreachable_registry_is_retried_and_a_refused_version_is_not(
         )
         exported = CollectorRegistry()
         metrics = GatewayMetrics(exported)
-        triton = TritonModels(settings.triton)
+        triton = TritonScorer(settings.triton)
         sync = RepositorySync(
             triton_model_repository,
             RegistryClient(proxy.url, TOKEN, timeout_s=10),

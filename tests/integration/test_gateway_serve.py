@@ -21,7 +21,8 @@ from inspectloop.devtools.gateway_stack import wait_healthy
 from inspectloop.devtools.harness import KafkaBroker
 from inspectloop.devtools.harness.process import pick_free_ports
 from inspectloop.devtools.tiny_models import NAME, png
-from inspectloop.gateway.settings import GatewaySection, GatewaySettings, TritonSettings
+from inspectloop.gateway.settings import GatewaySection, GatewaySettings
+from inspectloop.inspection.settings import TritonSettings
 from inspectloop.simulator.traffic import GrpcInspectClient
 from inspectloop.v1.common_pb2 import DECISION_PASS, MODEL_ROLE_STABLE
 from inspectloop.v1.inspect_service_pb2 import InspectRequest

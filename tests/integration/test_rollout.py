@@ -28,7 +28,7 @@ from prometheus_client import CollectorRegistry
 from inspectloop.core.blobstore import FilesystemBlobStore
 from inspectloop.core.bus import EventBus, build_bus
 from inspectloop.core.events import Event, Topic
-from inspectloop.core.metrics import MetricsServer, serve_metrics
+from inspectloop.core.metrics import LATENCY_BUCKETS, MetricsServer, serve_metrics
 from inspectloop.core.onnx_contract import sha256_file
 from inspectloop.core.readiness import poll_until
 from inspectloop.core.registry_client import RegistryClient
@@ -51,10 +51,11 @@ from inspectloop.edge.metrics import EdgeMetrics
 from inspectloop.edge.models import ModelStore
 from inspectloop.edge.outbox import Outbox
 from inspectloop.edge.settings import EdgeSection
-from inspectloop.gateway.metrics import LATENCY_BUCKETS, GatewayMetrics
+from inspectloop.gateway.metrics import GatewayMetrics
 from inspectloop.gateway.service import InspectionGateway
-from inspectloop.gateway.settings import GatewaySection, TritonSettings
-from inspectloop.gateway.triton import TritonModels
+from inspectloop.gateway.settings import GatewaySection
+from inspectloop.inspection.settings import TritonSettings
+from inspectloop.inspection.triton import TritonScorer
 from inspectloop.monitor.metrics import MonitorMetrics
 from inspectloop.monitor.service import MonitorService, StateStore
 from inspectloop.monitor.settings import MonitorSection
@@ -77,7 +78,12 @@ from inspectloop.v1.feedback_pb2 import (
     OperatorFeedback,
 )
 from inspectloop.v1.inspect_service_pb2 import InspectRequest
-from inspectloop.v1.models_pb2 import MODEL_STAGE_VALIDATED, ModelVersion
+from inspectloop.v1.models_pb2 import (
+    MODEL_STAGE_REJECTED,
+    MODEL_STAGE_VALIDATED,
+    ModelStage,
+    ModelVersion,
+)
 from inspectloop.v1.rollout_pb2 import RolloutEvent, RolloutPhase
 
 pytestmark = pytest.mark.integration
@@ -173,14 +179,14 @@ class Plant:
         )
         assert record["version"] == version
 
-    def announce(self, version: int) -> None:
-        """The trainer's ModelVersion event for a validated version."""
+    def announce(self, version: int, stage: ModelStage = MODEL_STAGE_VALIDATED) -> None:
+        """The trainer's ModelVersion event for a version (validated unless told)."""
         self.bus.publish(
             MODELS,
             ModelVersion(
                 name=NAME,
                 version=str(version),
-                stage=MODEL_STAGE_VALIDATED,
+                stage=stage,
                 scope=Scope(lines=[LINE]),
             ),
         )
@@ -227,7 +233,7 @@ def plant(
         settings,
         bus=bus,
         blobs=FilesystemBlobStore(tmp_path / "blobs", 1 << 20),
-        triton=TritonModels(settings.triton),
+        triton=TritonScorer(settings.triton),
         metrics=GatewayMetrics(gateway_registry),
     )
     gateway.follow()
@@ -389,6 +395,25 @@ def test_a_good_canary_is_promoted_step_by_step(
     plant.traffic(5)
     routing = plant.gateway.routing.get(LINE)
     assert (routing.stable.version, routing.canary.version) == ("2", "")
+
+
+def test_a_version_that_failed_its_validation_is_never_routed(
+    plant: Plant, start_controller: Callable[..., Controller]
+) -> None:
+    # The trainer announces version 3 rejected (its independent validation failed its gates),
+    # then version 2 validated. The controller reads the topic in order: once version 2 is in
+    # shadow, version 3's announcement was read, and ignored.
+    controller = start_controller()
+    plant.sign(3)
+    plant.sign(2)
+    plant.announce(3, MODEL_STAGE_REJECTED)
+    plant.announce(2)
+    drive(plant, lambda: phase_of(controller, 2) is not None, 60, "version 2's rollout")
+    assert controller.status(3) is None
+    assert {e.version for e in rollout_events(plant.bus)} <= {"2"}
+    routing = plant.gateway.routing.get(LINE)
+    assert "3" not in (routing.stable.version, routing.canary.version)
+    assert plant.stage(3) == "validated"  # untouched by the rollout
 
 
 def test_a_regression_is_rolled_back_within_interval_times_threshold(

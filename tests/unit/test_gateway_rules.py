@@ -11,10 +11,11 @@ from PIL import Image
 
 from inspectloop.core.errors import BackendUnavailableError, ConfigError
 from inspectloop.devtools.harness.process import pick_free_ports
-from inspectloop.gateway.decision import LineModes, decision_of, prediction, review
-from inspectloop.gateway.images import InvalidImageError, decode_image
 from inspectloop.gateway.routing import RoutingTable, canary_bucket
-from inspectloop.gateway.settings import DecisionSettings, GatewaySection, ImageLimits
+from inspectloop.gateway.settings import GatewaySection
+from inspectloop.inspection.decision import LineModes, audit_draw, decision_of, prediction, review
+from inspectloop.inspection.images import InvalidImageError, decode_image
+from inspectloop.inspection.settings import DecisionSettings, ImageLimits
 from inspectloop.v1.common_pb2 import (
     DECISION_PASS,
     DECISION_REJECT,
@@ -24,11 +25,14 @@ from inspectloop.v1.common_pb2 import (
     MODEL_ROLE_CANARY,
     MODEL_ROLE_SHADOW,
     MODEL_ROLE_STABLE,
+    REVIEW_REASON_ANOMALY,
+    REVIEW_REASON_AUDIT_SAMPLE,
     REVIEW_REASON_GUARDED_LOW_CONFIDENCE,
     REVIEW_REASON_GUARDED_REJECT,
     REVIEW_REASON_LOW_CONFIDENCE,
     REVIEW_REASON_MANUAL_MODE,
     ModelRef,
+    Prediction,
 )
 from inspectloop.v1.monitor_pb2 import LineModeChanged
 from inspectloop.v1.rollout_pb2 import Routing
@@ -152,10 +156,12 @@ def test_decisions_and_reviews_follow_the_line_mode() -> None:
     assert (passed.top_class, decision_of(passed)) == ("good", DECISION_PASS)
     assert decision_of(rejected) == DECISION_REJECT
     assert [s.class_name for s in passed.scores] == list(classes)
-    settings = DecisionSettings(review_threshold=0.9, low_confidence_threshold=0.5)
+    settings = DecisionSettings(
+        review_threshold=0.9, low_confidence_threshold=0.5, guarded_pass_sample=0.1
+    )
 
-    def reason(mode: int, pred: object) -> int:
-        r = review(mode, decision_of(pred), pred.confidence, settings)  # type: ignore[attr-defined, arg-type]
+    def reason(mode: int, pred: Prediction, draw: float = 0.5) -> int:
+        r = review(mode, pred, settings, draw)  # type: ignore[arg-type]
         assert r.required == (r.reason != 0)
         return r.reason
 
@@ -167,7 +173,29 @@ def test_decisions_and_reviews_follow_the_line_mode() -> None:
     assert reason(LINE_MODE_GUARDED, rejected) == REVIEW_REASON_GUARDED_REJECT
     sure = prediction(np.array([0.99, 0.01], dtype=np.float32), classes)
     assert reason(LINE_MODE_GUARDED, sure) == 0
+    # A guarded line also reviews a share of its confident passes, drawn by request id.
+    assert reason(LINE_MODE_GUARDED, sure, draw=0.05) == REVIEW_REASON_AUDIT_SAMPLE
     assert reason(LINE_MODE_MANUAL, sure) == REVIEW_REASON_MANUAL_MODE
+
+
+def test_a_unit_passes_only_if_both_model_families_pass() -> None:
+    classes = ("good", "scratch")
+    settings = DecisionSettings(review_threshold=0.9, low_confidence_threshold=0.5)
+    probabilities = np.array([0.99, 0.01], dtype=np.float32)
+    normal = prediction(probabilities, classes, anomaly_score=0.6)
+    flagged = prediction(probabilities, classes, anomaly_score=1.4)
+    assert decision_of(normal) == DECISION_PASS
+    assert decision_of(flagged) == DECISION_REJECT
+    assert flagged.top_class == "good"  # the classifier's answer is kept for the reviewer
+    r = review(LINE_MODE_AUTO, flagged, settings)
+    assert r.required and r.reason == REVIEW_REASON_ANOMALY and "1.40" in r.detail
+    assert review(LINE_MODE_GUARDED, flagged, settings).reason == REVIEW_REASON_GUARDED_REJECT
+    defect = prediction(np.array([0.1, 0.9], dtype=np.float32), classes, anomaly_score=3.0)
+    assert decision_of(defect) == DECISION_REJECT
+    assert not review(LINE_MODE_AUTO, defect, settings).required  # a confident defect call
+    draws = [audit_draw(f"req-{i}") for i in range(2000)]
+    assert draws == [audit_draw(f"req-{i}") for i in range(2000)]  # retries draw alike
+    assert 0.08 < np.mean(np.array(draws) < 0.1) < 0.12
 
 
 def test_line_modes_apply_in_generation_order() -> None:

@@ -107,3 +107,96 @@ def test_the_platforms_commands_name_the_install_they_need(edge_bin: Path) -> No
     assert result.returncode == 2
     assert "needs the package 'sqlalchemy'" in result.stderr
     assert "pip install 'inspectloop[all]'" in result.stderr
+
+
+# --- who may import whom (read from the source, not by importing) -------------------------------
+
+PACKAGE = Path(__file__).resolve().parents[2] / "services" / "inspectloop"
+SERVICES = ("gateway", "edge", "monitor", "trainer", "registry", "rollout")
+# Shared layers every service builds on; they import no service.
+SHARED = ("core", "inspection", "v1")
+# What composes the services (the demo's plants) and the developer tools may import anything;
+# the simulator is the plant's stand-in and only they may use it.
+COMPOSERS = ("demo", "devtools")
+
+
+def _imported_modules(path: Path) -> set[str]:
+    import ast  # noqa: PLC0415
+
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+    return found
+
+
+def _area(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[0] == "inspectloop" else None
+
+
+def _imports_by_area() -> dict[str, set[tuple[str, str]]]:
+    """area -> {(file, imported area)} for every file of the package."""
+    result: dict[str, set[tuple[str, str]]] = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        relative = path.relative_to(PACKAGE)
+        area = relative.parts[0] if len(relative.parts) > 1 else relative.stem
+        for module in _imported_modules(path):
+            imported = _area(module)
+            if imported is not None:
+                result.setdefault(area, set()).add((str(relative), imported))
+    return result
+
+
+def test_no_service_imports_another_service() -> None:
+    offending = sorted(
+        f"{file} imports inspectloop.{imported}"
+        for area, edges in _imports_by_area().items()
+        if area in SERVICES
+        for file, imported in edges
+        if imported in SERVICES and imported != area
+    )
+    assert not offending, offending
+
+
+def test_the_shared_layers_import_no_service() -> None:
+    offending = sorted(
+        f"{file} imports inspectloop.{imported}"
+        for area, edges in _imports_by_area().items()
+        if area in SHARED
+        for file, imported in edges
+        if imported not in SHARED
+    )
+    assert not offending, offending
+
+
+def test_production_code_never_imports_the_simulator() -> None:
+    # The simulator is how tests, benchmarks and the demo stand in for a plant; a service that
+    # used it would work only on the simulator's own designs.
+    offending = sorted(
+        f"{file} imports inspectloop.simulator"
+        for area, edges in _imports_by_area().items()
+        if area not in (*COMPOSERS, "simulator", "cli")
+        for file, imported in edges
+        if imported == "simulator"
+    )
+    assert not offending, offending
+
+
+def test_nothing_in_the_package_imports_the_tests_or_benchmarks() -> None:
+    # The independent label generator of tests/foreign must stay out of production's reach.
+    offending = sorted(
+        str(path.relative_to(PACKAGE))
+        for path in PACKAGE.rglob("*.py")
+        if {m.split(".")[0] for m in _imported_modules(path)} & {"tests", "benchmarks"}
+    )
+    assert not offending, offending
+
+
+def test_the_boundary_check_sees_an_import() -> None:
+    # The checks above can fail: the demo does import the services and the simulator.
+    demo = _imports_by_area()["demo"]
+    assert {imported for _, imported in demo} >= {"gateway", "trainer", "simulator"}

@@ -33,6 +33,7 @@ from prometheus_client.metrics import MetricWrapperBase
 __all__ = [
     "ALLOWED_LABELS",
     "COUNT_UNITS",
+    "LATENCY_BUCKETS",
     "MEASURE_UNITS",
     "SECONDS_BUCKETS",
     "MetricsServer",
@@ -40,6 +41,10 @@ __all__ = [
     "metric_names",
     "serve_metrics",
 ]
+
+#: Buckets of inspection and inference latencies, which take milliseconds: finer than the default
+#: seconds scale.
+LATENCY_BUCKETS: Final = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
 #: Units that measure a quantity. Prometheus wants them as the last part of the name (before
 #: ``_total``), always the base unit, so that PromQL never mixes ms with s or % with ratios.

@@ -7,6 +7,9 @@ agent's onnxruntime); :mod:`inspectloop.trainer.packaging` writes models that ke
     output  probabilities  float32  N x C           softmax over the classes, in that order
     output  features       float32  N x D           the embedding, >= 0
     output  logits         float32  N x C           pre-softmax scores
+    output  anomaly_score  float32  N               the anomaly detector's score over its
+                                                    calibrated threshold (>= 1: anomalous)
+    output  anomaly_map    float32  N x G x G       the patch scores it is the maximum of
 
 ``N`` is a dynamic batch axis; the preprocessing is inside the graph. The class names, the model
 spec and the contract version are stored in the ONNX file's metadata (``inspectloop.*`` keys).
@@ -27,12 +30,20 @@ import numpy.typing as npt
 if TYPE_CHECKING:
     import onnxruntime as ort  # type: ignore[import-untyped, unused-ignore]
 
-CONTRACT_VERSION = "1"
+CONTRACT_VERSION = "2"  # 2: the anomaly detector's outputs
 INPUT_NAME = "images"
 OUTPUT_PROBABILITIES = "probabilities"
 OUTPUT_FEATURES = "features"
 OUTPUT_LOGITS = "logits"
-OUTPUT_NAMES: tuple[str, ...] = (OUTPUT_PROBABILITIES, OUTPUT_FEATURES, OUTPUT_LOGITS)
+OUTPUT_ANOMALY_SCORE = "anomaly_score"
+OUTPUT_ANOMALY_MAP = "anomaly_map"
+OUTPUT_NAMES: tuple[str, ...] = (
+    OUTPUT_PROBABILITIES,
+    OUTPUT_FEATURES,
+    OUTPUT_LOGITS,
+    OUTPUT_ANOMALY_SCORE,
+    OUTPUT_ANOMALY_MAP,
+)
 #: The ``config.pbtxt`` parameter listing the classes in output order (comma-separated), so
 #: that a client of Triton (the gateway) learns them from the served model's config.
 CLASSES_PARAMETER = "inspectloop_classes"

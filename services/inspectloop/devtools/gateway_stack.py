@@ -14,7 +14,8 @@ import requests
 from inspectloop.devtools.harness import TritonServer
 from inspectloop.devtools.harness.process import default_cache_dir, pick_free_ports
 from inspectloop.devtools.tiny_models import NAME, SPEC, write_models
-from inspectloop.gateway.settings import GatewaySection, GatewaySettings, TritonSettings
+from inspectloop.gateway.settings import GatewaySection, GatewaySettings
+from inspectloop.inspection.settings import TritonSettings
 from inspectloop.trainer.model import ModelSpec
 
 

@@ -34,8 +34,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import onnxruntime as ort  # type: ignore[import-untyped, unused-ignore]
 from google.protobuf.timestamp_pb2 import Timestamp
 from prometheus_client import CollectorRegistry
 
@@ -44,35 +42,22 @@ from inspectloop.core.bus import EventBus
 from inspectloop.core.bus.base import Consumer
 from inspectloop.core.errors import BackendUnavailableError, InspectloopError, PermanentError
 from inspectloop.core.events import Event
-from inspectloop.core.imagestats import image_stats
-from inspectloop.core.onnx_contract import (
-    OUTPUT_FEATURES,
-    OUTPUT_PROBABILITIES,
-    ort_session,
-    read_metadata,
-    run_onnx,
-)
 from inspectloop.core.topics import EDGE_HEARTBEATS, INSPECTIONS, LINE_MODES, ROUTING
 from inspectloop.edge.metrics import EdgeMetrics
 from inspectloop.edge.models import ArtifactRejectedError, InstalledModel, ModelStore
 from inspectloop.edge.outbox import Outbox, OutboxDrainer
 from inspectloop.edge.settings import EdgeSection, EdgeSettings
-from inspectloop.gateway.decision import (
+from inspectloop.inspection.decision import (
     LineModes,
-    decision_of,
-    inspection_id,
-    prediction,
-    review,
 )
-from inspectloop.gateway.images import decode_image
+from inspectloop.inspection.onnx import OnnxScorer
+from inspectloop.inspection.pipeline import InspectionPipeline
+from inspectloop.inspection.scorer import ServedModel
 from inspectloop.v1.common_pb2 import (
     DECISION_PASS,
-    DECISION_UNSPECIFIED,
     MODEL_ROLE_CANARY,
     MODEL_ROLE_EDGE,
     MODEL_ROLE_STABLE,
-    REVIEW_REASON_MODEL_UNAVAILABLE,
-    ImageRef,
     ModelRef,
 )
 from inspectloop.v1.edge_pb2 import (
@@ -83,6 +68,7 @@ from inspectloop.v1.edge_pb2 import (
     EdgeHeartbeat,
     EdgeNodeState,
 )
+from inspectloop.v1.inspect_service_pb2 import InspectRequest
 from inspectloop.v1.inspection_pb2 import InspectionEvent
 from inspectloop.v1.monitor_pb2 import LineModeChanged
 from inspectloop.v1.rollout_pb2 import Routing
@@ -122,31 +108,20 @@ def _timestamp(when: datetime) -> Timestamp:
 @dataclass(frozen=True)
 class LoadedModel:
     installed: InstalledModel
-    session: ort.InferenceSession
-    classes: tuple[str, ...]
-    input_size: int
+    served: ServedModel
 
     @classmethod
-    def open(cls, installed: InstalledModel, threads: int) -> LoadedModel:
-        """Open the model and check it keeps the ONNX contract (raises ArtifactRejectedError)."""
+    def open(cls, installed: InstalledModel, scorer: OnnxScorer) -> LoadedModel:
+        """Open the model in ``scorer`` and check it keeps the ONNX contract (raises
+        ArtifactRejectedError)."""
         try:
-            meta = read_metadata(installed.model_path)
-            classes = tuple(json.loads(meta["classes"]))
-            input_size = int(meta["input_size"])
-            session = ort_session(installed.model_path, threads)
-            outputs = {o.name for o in session.get_outputs()}
+            served = scorer.add(installed.name, installed.version, installed.model_path)
         except Exception as exc:  # any failure to open means the artifact cannot serve
             raise ArtifactRejectedError(
                 "invalid_model",
                 f"{installed.name} v{installed.version} cannot be served: {exc}",
             ) from exc
-        missing = {OUTPUT_PROBABILITIES, OUTPUT_FEATURES} - outputs
-        if missing:
-            raise ArtifactRejectedError(
-                "invalid_model",
-                f"{installed.name} v{installed.version} lacks outputs {sorted(missing)}",
-            )
-        return cls(installed, session, classes, input_size)
+        return cls(installed, served)
 
     @property
     def ref(self) -> ModelRef:
@@ -180,6 +155,10 @@ class EdgeAgent:
         self.metrics = metrics
         self.clock = clock
         self.modes = LineModes()
+        self.scorer = OnnxScorer(settings.inference_threads)
+        self.pipeline = InspectionPipeline(
+            self.scorer, settings.decision, settings.images, observer=self, clock=clock
+        )
         self._lock = threading.Lock()
         self._model: LoadedModel | None = None
         self._generation = 0
@@ -265,7 +244,7 @@ class EdgeAgent:
                 continue
             try:
                 self.store.verify_on_disk(installed)
-                loaded = LoadedModel.open(installed, self.settings.inference_threads)
+                loaded = LoadedModel.open(installed, self.scorer)
             except (ArtifactRejectedError, OSError) as exc:
                 log.error("model on disk refused: %s", exc)
                 self._sync_error = str(exc)
@@ -315,7 +294,7 @@ class EdgeAgent:
             loaded = (
                 self._model
                 if self._model is not None and self._model.installed.key == installed.key
-                else LoadedModel.open(installed, self.settings.inference_threads)
+                else LoadedModel.open(installed, self.scorer)
             )
             self.store.activate(installed)
         except (InspectloopError, OSError) as exc:
@@ -364,7 +343,9 @@ class EdgeAgent:
 
     def _set_model(self, loaded: LoadedModel) -> None:
         with self._lock:
-            self._model = loaded
+            old, self._model = self._model, loaded
+        if old is not None and old.installed.key != loaded.installed.key:
+            self.scorer.remove(old.installed.name, old.installed.version)
         info = self.metrics.model_info
         line = self.settings.line
         info.clear()  # series of earlier models go (one line per agent)
@@ -403,66 +384,54 @@ class EdgeAgent:
 
         Raises InvalidImageError for an image that cannot be inspected. Without a verified
         model the image goes to human review (decision unspecified)."""
-        started = time.perf_counter()
-        line = self.settings.line
-        request_id = request_id or str(uuid.uuid4())
-        now = self.clock()
-        with self._lock:
-            model = self._model
-            generation = self._generation
-        mode = self.modes.mode(line)
-        event = InspectionEvent(
-            inspection_id=inspection_id(line, request_id),
-            request_id=request_id,
-            line=line,
+        request = InspectRequest(
+            line=self.settings.line,
+            request_id=request_id or str(uuid.uuid4()),
+            image=image,
+            content_type=content_type,
             station=self.settings.station if station is None else station,
             camera=camera,
             sku=sku,
             label_design=label_design,
-            line_mode=mode,
-            captured_at=_timestamp(captured_at or now),
-            decided_at=_timestamp(now),
-            routing_generation=generation,
-            edge_node_id=self.settings.node_id,
         )
-        if model is None:
-            decoded = decode_image(image, content_type, self.settings.images, FALLBACK_SIZE)
-            event.decision = DECISION_UNSPECIFIED
-            event.human_review_required = True
-            event.review_reason = REVIEW_REASON_MODEL_UNAVAILABLE
-            event.review_detail = "no verified model on the edge node"
-        else:
-            decoded = decode_image(image, content_type, self.settings.images, model.input_size)
-            infer_started = time.perf_counter()
-            outputs = run_onnx(model.session, decoded.pixels[None])
-            infer_s = time.perf_counter() - infer_started
-            self.metrics.infer_latency.labels(line=line).observe(infer_s)
-            pred = prediction(outputs[OUTPUT_PROBABILITIES][0], model.classes)
-            decision = decision_of(pred)
-            verdict = review(mode, decision, pred.confidence, self.settings.decision)
-            event.model.CopyFrom(model.ref)
-            event.prediction.CopyFrom(pred)
-            event.decision = decision
-            event.human_review_required = verdict.required
-            event.review_reason = verdict.reason
-            event.review_detail = verdict.detail
-            event.review_threshold = verdict.threshold
-            event.feature_vector.extend(np.asarray(outputs[OUTPUT_FEATURES][0]).tolist())
-            event.inference_latency_ms = infer_s * 1000
-        # The image stays on the line PC (no blob store here): its hash identifies it.
-        event.image.CopyFrom(
-            ImageRef(
-                sha256=_sha256(image),
-                size_bytes=len(image),
-                width=decoded.width,
-                height=decoded.height,
-                content_type=decoded.content_type,
+        if captured_at is not None:
+            request.captured_at.FromDatetime(captured_at)
+        return self.inspect_request(request)
+
+    def inspect_request(self, request: InspectRequest) -> InspectionEvent:
+        """:meth:`inspect` for a request of the Inspect API (its line is this node's)."""
+        started = time.perf_counter()
+        line = self.settings.line
+        with self._lock:
+            model = self._model
+            generation = self._generation
+        checked = self.pipeline.check(request)
+        mode = self.modes.mode(line)
+        node = self.settings.node_id
+        try:
+            if model is None:
+                raise BackendUnavailableError("no verified model on the edge node")
+            event = self.pipeline.inspect(
+                request, checked, model.ref, mode=mode, generation=generation, edge_node_id=node
             )
-        )
-        event.image_stats.CopyFrom(image_stats(decoded.pixels))
+        except BackendUnavailableError as exc:  # none yet, or swapped out meanwhile
+            event = self.pipeline.unscored(
+                request,
+                checked,
+                mode=mode,
+                detail=str(exc),
+                generation=generation,
+                edge_node_id=node,
+            )
+        # The image stays on the line PC (no blob store here): its hash identifies it.
         event.latency_ms = (time.perf_counter() - started) * 1000
+        if not request.HasField("captured_at"):
+            event.captured_at.CopyFrom(event.decided_at)
         self.outbox.append(
-            INSPECTIONS.name, event.inspection_id, event.SerializeToString(), captured_at or now
+            INSPECTIONS.name,
+            event.inspection_id,
+            event.SerializeToString(),
+            event.captured_at.ToDatetime(tzinfo=UTC),
         )
         self.metrics.inspections.labels(
             line=line,
@@ -472,6 +441,17 @@ class EdgeAgent:
             version=event.model.version,
         ).inc()
         return event
+
+    # --- the pipeline's observer --------------------------------------------------------------
+
+    def scored(self, model: ModelRef, seconds: float) -> None:
+        self.metrics.infer_latency.labels(line=self.settings.line).observe(seconds)
+
+    def failed(self, model: ModelRef) -> None:
+        pass  # a swapped-out model; the unit goes to review, counted as such
+
+    def compared(self, shadow: ModelRef, decider: ModelRef, agree: bool) -> None:
+        pass  # the edge runs no shadows
 
     # --- loops ---------------------------------------------------------------------------------
 

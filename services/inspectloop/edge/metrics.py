@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry
 
-from inspectloop.core.metrics import ServiceMetrics
-from inspectloop.gateway.metrics import LATENCY_BUCKETS
+from inspectloop.core.metrics import LATENCY_BUCKETS, ServiceMetrics
 
 
 class EdgeMetrics:

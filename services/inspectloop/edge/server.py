@@ -6,22 +6,29 @@ while the plant network is down (the inspections wait in the outbox)."""
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import grpc
 
 from inspectloop.core.errors import ConfigError
-from inspectloop.gateway.decision import answer_of, grpc_code
-from inspectloop.gateway.images import InvalidImageError
+from inspectloop.edge.settings import EdgeSection
+from inspectloop.inspection.decision import answer_of, grpc_code
+from inspectloop.inspection.images import InvalidImageError
 from inspectloop.v1.inspect_service_pb2 import InspectRequest, InspectResponse
 from inspectloop.v1.inspect_service_pb2_grpc import (
     InspectServicer,
     add_InspectServicer_to_server,
 )
+from inspectloop.v1.inspection_pb2 import InspectionEvent
 
-if TYPE_CHECKING:
-    from inspectloop.edge.agent import EdgeAgent
+
+class Inspector(Protocol):
+    """What the API serves: the edge agent."""
+
+    settings: EdgeSection
+
+    def inspect_request(self, request: InspectRequest) -> InspectionEvent: ...
+
 
 # Room above the image limit for the request's other fields, so that an image a little over
 # the limit gets the agent's message naming the limit rather than gRPC's own.
@@ -29,7 +36,7 @@ _REQUEST_OVERHEAD_BYTES = 1024 * 1024
 
 
 class EdgeInspectService(InspectServicer):
-    def __init__(self, agent: EdgeAgent) -> None:
+    def __init__(self, agent: Inspector) -> None:
         self._agent = agent
 
     def Inspect(  # noqa: N802 - the gRPC method's name
@@ -42,24 +49,17 @@ class EdgeInspectService(InspectServicer):
                 f"this edge node inspects line {line!r}, not {request.line!r}",
             )
         try:
-            event = self._agent.inspect(
-                request.image,
-                content_type=request.content_type,
-                request_id=request.request_id or None,
-                station=request.station or None,
-                camera=request.camera,
-                sku=request.sku,
-                label_design=request.label_design,
-                captured_at=request.captured_at.ToDatetime(tzinfo=UTC)
-                if request.HasField("captured_at")
-                else None,
-            )
+            own = InspectRequest()
+            own.CopyFrom(request)
+            own.line = line
+            own.station = request.station or self._agent.settings.station
+            event = self._agent.inspect_request(own)
         except InvalidImageError as exc:
             context.abort(grpc_code(exc.status), str(exc))
         return answer_of(event)
 
 
-def serve_inspect(agent: EdgeAgent) -> grpc.Server:
+def serve_inspect(agent: Inspector) -> grpc.Server:
     """Start the Inspect API on the agent's ``grpc_host:grpc_port``; the caller stops it."""
     settings = agent.settings
     limit = settings.images.max_bytes + _REQUEST_OVERHEAD_BYTES

@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 
 from inspectloop.core.settings import AbsolutePath, CommonSettings, Section
-from inspectloop.gateway.settings import DecisionSettings, ImageLimits
+from inspectloop.inspection.settings import DecisionSettings, ImageLimits
 
 # Node and line ids key the bus and label metrics: the gateway's bounded alphabet.
 ID_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"

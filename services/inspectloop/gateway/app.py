@@ -35,9 +35,9 @@ from ray.serve.grpc_util import RayServegRPCContext
 
 from inspectloop.core.errors import BackendUnavailableError, ConfigError, PermanentError
 from inspectloop.core.readiness import LOOPBACK, is_port_open, poll_until
-from inspectloop.gateway.decision import grpc_code
-from inspectloop.gateway.images import InvalidImageError
 from inspectloop.gateway.settings import GatewaySection, GatewaySettings
+from inspectloop.inspection.decision import grpc_code
+from inspectloop.inspection.images import InvalidImageError
 from inspectloop.v1.inspect_service_pb2 import InspectRequest, InspectResponse
 
 log = logging.getLogger(__name__)
@@ -95,13 +95,13 @@ class GatewayDeployment:
             PRODUCED,
             InspectionGateway,
         )
-        from inspectloop.gateway.triton import TritonModels  # noqa: PLC0415
+        from inspectloop.inspection.triton import TritonScorer  # noqa: PLC0415
 
         configure_logging(settings.logging, settings.service)
         self.registry = CollectorRegistry()
         bus = build_bus(settings.bus, settings.service, self.registry)
         bus.ensure_topics([*FOLLOWED, *PRODUCED])
-        triton = TritonModels(settings.gateway.triton)
+        triton = TritonScorer(settings.gateway.triton)
         metrics = GatewayMetrics(self.registry)
         sync = None
         models = settings.gateway.models

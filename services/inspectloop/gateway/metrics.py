@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry
 
-from inspectloop.core.metrics import ServiceMetrics
-
-# Inspections take milliseconds: finer buckets than the default seconds scale.
-LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+from inspectloop.core.metrics import LATENCY_BUCKETS, ServiceMetrics
 
 
 class GatewayMetrics:

@@ -32,7 +32,7 @@ from inspectloop.core.errors import InspectloopError, PermanentError, TransientE
 from inspectloop.core.onnx_contract import sha256_file
 from inspectloop.core.registry_client import RegistryClient, RegistryNotFoundError
 from inspectloop.gateway.metrics import GatewayMetrics
-from inspectloop.gateway.triton import TritonModels
+from inspectloop.inspection.triton import TritonScorer
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class RepositorySync:
         self,
         repository: Path,
         registry: RegistryClient,
-        triton: TritonModels,
+        triton: TritonScorer,
         metrics: GatewayMetrics,
         artifact_filename: str,
     ) -> None:

@@ -2,11 +2,10 @@
 the bus. The HTTP and gRPC front ends (``app``) only translate to and from ``InspectRequest``.
 
 Per request: route (stable or canary by a hash of the request id, shadows alongside; see
-``routing``), decode and validate the image at the routed model's input size, score it on Triton,
-decide under the line's mode (``decision``), store the encoded image in the blob store under its
-SHA-256, publish the InspectionEvent (its id derived from the line and request id, so that a
-retried request is the same inspection to every consumer) and answer. Shadows score the same
-image after the decision; their results go into the event and never into the answer.
+``routing``), run the inspection pipeline (:mod:`inspectloop.inspection.pipeline`: image checks,
+Triton's scores, the decision under the line's mode, the shadows), store the encoded image in the
+blob store under its SHA-256, publish the InspectionEvent (its id derived from the line and
+request id, so that a retried request is the same inspection to every consumer) and answer.
 
 Routing and line modes are followed from their topics by a consumer of its own per process
 (a fresh consumer group, read from the start): the gateway keeps nothing durable, and a
@@ -22,40 +21,30 @@ import time
 import uuid
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from inspectloop.core.blobstore import BlobStore
 from inspectloop.core.bus import EventBus
 from inspectloop.core.bus.base import Consumer
 from inspectloop.core.errors import BackendUnavailableError, PermanentError
 from inspectloop.core.events import Event
-from inspectloop.core.imagestats import image_stats
 from inspectloop.core.topics import INSPECTIONS, LINE_MODES, ROUTING
-from inspectloop.gateway.decision import (
-    LineModes,
-    answer_of,
-    decision_of,
-    inspection_id,
-    prediction,
-    review,
-)
-from inspectloop.gateway.images import InvalidImageError, check_image
 from inspectloop.gateway.metrics import GatewayMetrics
 from inspectloop.gateway.repository import RepositorySync
-from inspectloop.gateway.routing import Route, RoutingTable
+from inspectloop.gateway.routing import RoutingTable
 from inspectloop.gateway.settings import GatewaySection
-from inspectloop.gateway.triton import TritonModels
+from inspectloop.inspection.decision import (
+    LineModes,
+    answer_of,
+)
+from inspectloop.inspection.images import InvalidImageError
+from inspectloop.inspection.pipeline import InspectionPipeline
+from inspectloop.inspection.triton import TritonScorer
 from inspectloop.v1.common_pb2 import (
-    Decision,
-    ImageRef,
     ModelRef,
     ModelRole,
     ReviewReason,
 )
 from inspectloop.v1.inspect_service_pb2 import InspectRequest, InspectResponse
-from inspectloop.v1.inspection_pb2 import InspectionEvent, ShadowResult
+from inspectloop.v1.inspection_pb2 import InspectionEvent
 from inspectloop.v1.monitor_pb2 import LineModeChanged
 from inspectloop.v1.rollout_pb2 import Routing
 
@@ -82,7 +71,7 @@ class InspectionGateway:
         *,
         bus: EventBus,
         blobs: BlobStore,
-        triton: TritonModels,
+        triton: TritonScorer,
         metrics: GatewayMetrics,
         sync: RepositorySync | None = None,
     ) -> None:
@@ -92,6 +81,9 @@ class InspectionGateway:
         self.triton = triton
         self.metrics = metrics
         self.sync = sync
+        self.pipeline = InspectionPipeline(
+            triton, settings.decision, settings.images, observer=self
+        )
         self.routing = RoutingTable(settings.model_name, settings.default_version)
         self.modes = LineModes()
         self._consumer: Consumer | None = None
@@ -202,112 +194,48 @@ class InspectionGateway:
                 f"line id {request.line[:80]!r} is not 1-64 letters, digits, '.', '_' or '-'"
             )
         # The request's own faults first: a bad image is a 4xx even while no model can answer.
-        checked = check_image(request.image, request.content_type, self.settings.images)
-        request_id = request.request_id or str(uuid.uuid4())
-        route = self.routing.route(request.line, request_id, self.triton.ready)
-        decider = route.decider
-        served = self.triton.served(decider.name)
-        image = checked.at_size(served.input_size)
-        batch = image.pixels[None]
-        try:
-            scores = self.triton.infer(decider.name, decider.version, batch)[0]
-        except BackendUnavailableError:
-            self._count_infer_failure(decider)
-            raise
-        self._observe_infer(decider, scores.seconds)
-        pred = prediction(scores.probabilities, served.classes)
-        decision = decision_of(pred)
-        mode = self.modes.mode(request.line)
-        verdict = review(mode, decision, pred.confidence, self.settings.decision)
-        blob = self.blobs.put(request.image, image.content_type)
-        now = Timestamp()
-        now.GetCurrentTime()
-        event = InspectionEvent(
-            inspection_id=inspection_id(request.line, request_id),
-            request_id=request_id,
-            line=request.line,
-            station=request.station,
-            camera=request.camera,
-            sku=request.sku,
-            label_design=request.label_design,
-            image=ImageRef(
-                uri=blob.uri,
-                sha256=blob.sha256,
-                size_bytes=len(request.image),
-                width=image.width,
-                height=image.height,
-                content_type=image.content_type,
-            ),
-            model=decider,
-            prediction=pred,
-            decision=decision,
-            human_review_required=verdict.required,
-            review_reason=verdict.reason,
-            review_detail=verdict.detail,
-            line_mode=mode,
-            feature_vector=scores.features.tolist(),
-            image_stats=image_stats(image.pixels),
-            inference_latency_ms=scores.seconds * 1000,
-            captured_at=request.captured_at if request.HasField("captured_at") else now,
-            decided_at=now,
-            review_threshold=verdict.threshold,
-            routing_generation=route.generation,
+        checked = self.pipeline.check(request)
+        if not request.request_id:  # one id for routing and the event: a retry routes the same
+            with_id = InspectRequest()
+            with_id.CopyFrom(request)
+            with_id.request_id = str(uuid.uuid4())
+            request = with_id
+        route = self.routing.route(request.line, request.request_id, self.triton.ready)
+        event = self.pipeline.inspect(
+            request,
+            checked,
+            route.decider,
+            mode=self.modes.mode(request.line),
+            shadows=route.shadows,
+            generation=route.generation,
         )
-        event.shadow_results.extend(self._shadows(route, batch, served.classes, decision))
+        blob = self.blobs.put(request.image, event.image.content_type)
+        event.image.uri = blob.uri
         latency = time.perf_counter() - started
         event.latency_ms = latency * 1000
         self.bus.publish(INSPECTIONS, event, event_id=event.inspection_id)
         self._count(event, latency)
         return answer_of(event)
 
-    def _shadows(
-        self,
-        route: Route,
-        batch: npt.NDArray[np.uint8],
-        classes: tuple[str, ...],
-        decision: Decision,
-    ) -> list[ShadowResult]:
-        results = []
-        for shadow in route.shadows:
-            try:
-                served = self.triton.served(shadow.name)
-                if served.classes != classes or served.input_size != batch.shape[1]:
-                    raise BackendUnavailableError(
-                        f"shadow {shadow.name} takes other inputs or classes than the decider"
-                    )
-                scores = self.triton.infer(shadow.name, shadow.version, batch)[0]
-            except BackendUnavailableError as exc:
-                self._count_infer_failure(shadow)
-                log.warning("shadow %s v%s: %s", shadow.name, shadow.version, exc)
-                continue
-            self._observe_infer(shadow, scores.seconds)
-            pred = prediction(scores.probabilities, classes)
-            would_decide = decision_of(pred)
-            self.metrics.shadow_comparisons.labels(
-                model=shadow.name,
-                version=shadow.version,
-                decider_version=route.decider.version,
-                outcome="agree" if would_decide == decision else "disagree",
-            ).inc()
-            results.append(
-                ShadowResult(
-                    model=shadow,
-                    prediction=pred,
-                    would_decide=would_decide,
-                    latency_ms=scores.seconds * 1000,
-                )
-            )
-        return results
+    # --- the pipeline's observer: inference metrics ----------------------------------------
 
-    def _count_infer_failure(self, model: ModelRef) -> None:
+    def scored(self, model: ModelRef, seconds: float) -> None:
+        self.metrics.infer_latency.labels(
+            model=model.name, version=model.version, role=_role(model.role)
+        ).observe(seconds)
+
+    def failed(self, model: ModelRef) -> None:
         self.metrics.infer_failures.labels(
             model=model.name, version=model.version, role=_role(model.role)
         ).inc()
 
-    def _observe_infer(self, model: ModelRef, seconds: float) -> None:
-        self.metrics.infer_latency.labels(
-            model=model.name, version=model.version, role=_role(model.role)
-        ).observe(seconds)
+    def compared(self, shadow: ModelRef, decider: ModelRef, agree: bool) -> None:
+        self.metrics.shadow_comparisons.labels(
+            model=shadow.name,
+            version=shadow.version,
+            decider_version=decider.version,
+            outcome="agree" if agree else "disagree",
+        ).inc()
 
     def _count(self, event: InspectionEvent, latency: float) -> None:
         m = self.metrics

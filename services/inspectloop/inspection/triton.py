@@ -1,4 +1,5 @@
-"""The gateway's view of Triton: inference, readiness and model control, over gRPC.
+"""Triton as a :class:`~inspectloop.inspection.scorer.Scorer`: inference, readiness and model
+control, over gRPC (the gateway's scorer; the edge agent scores with ONNX Runtime instead).
 
 Every failure to reach Triton or to get an answer becomes ``BackendUnavailableError`` (the API
 answers 503 with the reason), except a load that Triton refuses: the model itself is broken,
@@ -13,7 +14,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -25,12 +25,12 @@ from inspectloop.core.errors import BackendUnavailableError, PermanentError
 from inspectloop.core.onnx_contract import (
     CLASSES_PARAMETER,
     INPUT_NAME,
+    OUTPUT_ANOMALY_SCORE,
     OUTPUT_FEATURES,
     OUTPUT_PROBABILITIES,
 )
-from inspectloop.gateway.settings import TritonSettings
-
-OUTPUTS = (OUTPUT_PROBABILITIES, OUTPUT_FEATURES)
+from inspectloop.inspection.scorer import Scores, ServedModel
+from inspectloop.inspection.settings import TritonSettings
 
 # gRPC codes of a Triton that could not be reached or did not answer in time: worth retrying.
 # Any other code from a load means that Triton read the model and refused it.
@@ -40,20 +40,7 @@ UNREACHABLE = frozenset(
 )
 
 
-@dataclass(frozen=True)
-class ServedModel:
-    input_size: int
-    classes: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class Scores:
-    probabilities: npt.NDArray[np.float32]  # C
-    features: npt.NDArray[np.float32]  # D
-    seconds: float
-
-
-class TritonModels:
+class TritonScorer:
     def __init__(
         self, settings: TritonSettings, clock: Callable[[], float] = time.monotonic
     ) -> None:
@@ -95,8 +82,9 @@ class TritonModels:
             self._ready = {k: v for k, v in self._ready.items() if k[0] != name}
             self._served.pop(name, None)
 
-    def served(self, name: str) -> ServedModel:
-        """Input size and classes of ``name``, from its config on Triton."""
+    def served(self, name: str, version: str = "") -> ServedModel:
+        """Input size, classes and outputs of ``name``, from its config on Triton (one config
+        serves every version of a model)."""
         with self._lock:
             known = self._served.get(name)
         if known is not None:
@@ -114,16 +102,24 @@ class TritonModels:
                 "packaged by inspectloop"
             )
         dims = [int(d) for d in config["input"][0]["dims"]]
-        model = ServedModel(input_size=dims[0], classes=tuple(classes.split(",")))
+        outputs = {o["name"] for o in config.get("output", [])}
+        model = ServedModel(
+            input_size=dims[0],
+            classes=tuple(classes.split(",")),
+            anomaly=OUTPUT_ANOMALY_SCORE in outputs,
+        )
         with self._lock:
             self._served[name] = model
         return model
 
-    def infer(self, name: str, version: str, images: npt.NDArray[np.uint8]) -> list[Scores]:
-        """Probabilities and features of each image (``N x H x W x 3`` uint8)."""
+    def score(self, name: str, version: str, images: npt.NDArray[np.uint8]) -> list[Scores]:
+        """Probabilities, features and anomaly score of each image (``N x H x W x 3``)."""
         request = triton_grpc.InferInput(INPUT_NAME, list(images.shape), "UINT8")
         request.set_data_from_numpy(images)
-        outputs = [triton_grpc.InferRequestedOutput(n) for n in OUTPUTS]
+        wanted = [OUTPUT_PROBABILITIES, OUTPUT_FEATURES]
+        if self.served(name, version).anomaly:
+            wanted.append(OUTPUT_ANOMALY_SCORE)
+        outputs = [triton_grpc.InferRequestedOutput(n) for n in wanted]
         started = time.perf_counter()
         result = self._call(
             f"run {name} v{version}",
@@ -138,7 +134,15 @@ class TritonModels:
         seconds = time.perf_counter() - started
         probabilities = result.as_numpy(OUTPUT_PROBABILITIES)
         features = result.as_numpy(OUTPUT_FEATURES)
-        return [Scores(probabilities[i], features[i], seconds) for i in range(len(images))]
+        anomaly = (
+            result.as_numpy(OUTPUT_ANOMALY_SCORE).reshape(-1)
+            if OUTPUT_ANOMALY_SCORE in wanted
+            else np.zeros(len(images), dtype=np.float32)
+        )
+        return [
+            Scores(probabilities[i], features[i], float(anomaly[i]), seconds)
+            for i in range(len(images))
+        ]
 
     def load(self, name: str) -> None:
         """Ask Triton to (re)load ``name`` from its repository (every version its config's

@@ -19,7 +19,7 @@ from PIL import Image, UnidentifiedImageError
 
 from inspectloop.core.errors import PermanentError
 from inspectloop.core.images import to_model_input
-from inspectloop.gateway.settings import ImageLimits
+from inspectloop.inspection.settings import ImageLimits
 
 FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg"}
 CONTENT_TYPES = {"image/png", "image/jpeg", "image/jpg"}
