@@ -50,6 +50,12 @@ LAZY_GROUPS: dict[str, tuple[str, str, str, str]] = {
         "Model registry: HTTP API, audit log verification, users.",
         PLATFORM_INSTALL,
     ),
+    "datasets": (
+        "inspectloop.registry.cli",
+        "datasets_app",
+        "Datasets in the registry: challenge sets and label artwork (upload, list, show).",
+        PLATFORM_INSTALL,
+    ),
 }
 
 

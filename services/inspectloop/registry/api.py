@@ -7,7 +7,7 @@ with a status that says what went wrong:
 * 400 the request cannot be right (an artifact whose bytes do not match its hash);
 * 401 no token, an unknown or revoked token, or a wrong password for a signature;
 * 403 the caller's role may not do this (the message names the roles that may);
-* 404 unknown model, version or artifact;
+* 404 unknown model, version, dataset or artifact;
 * 409 the request conflicts with the current state: an invalid stage transition, a missing or
   outdated signature, a compare-and-set that lost, a duplicate;
 * 413 an artifact over the blob store's size limit;
@@ -44,8 +44,16 @@ from sqlalchemy import Engine
 
 from inspectloop import __version__
 from inspectloop.core.blobstore import BlobCorruptError, BlobStore
+from inspectloop.core.datasets import (
+    DATASET_NAME_PATTERN,
+    DatasetCreate,
+    DatasetKind,
+    DatasetList,
+    DatasetVersionList,
+    DatasetVersionOut,
+)
 from inspectloop.core.errors import BackendUnavailableError, PermanentError
-from inspectloop.registry.auth import Permission, Principal, allowed_roles
+from inspectloop.registry.auth import Permission, Principal, Role, allowed_roles
 from inspectloop.registry.db import ping
 from inspectloop.registry.lifecycle import Stage
 from inspectloop.registry.metrics import RegistryMetrics
@@ -89,9 +97,12 @@ artifacts and lineage; stage transitions along the model lifecycle; electronic s
 hash-chained audit log of every change.
 
 **Authentication**: `Authorization: Bearer <token>`. Roles: `operator` (read), `quality`
-(read, transitions, signatures), `service` (read, register versions, upload artifacts,
+(read, transitions, signatures, datasets), `service` (read, register versions, upload artifacts,
 transitions; for the trainer and the rollout controller), `admin` (everything, incl. users
 and the audit log).
+
+**Datasets**: challenge sets (real units with seeded defects, labelled by class) and label
+artwork, versioned per name; `quality` and `admin` create them after uploading their files.
 
 **Lifecycle**: candidate → validated | rejected; validated → shadow | rejected | archived;
 shadow → canary | rolled_back; canary → production | rolled_back; production → archived |
@@ -117,6 +128,20 @@ ModelName = Annotated[
     ),
 ]
 VersionNumber = Annotated[int, Path(ge=1, description="Version number within the model.")]
+DatasetName = Annotated[
+    str,
+    Path(
+        pattern=DATASET_NAME_PATTERN,
+        description="Dataset name: lowercase letters, digits, '.', '_', '-' (up to 128).",
+    ),
+]
+DatasetVersionRef = Annotated[
+    str,
+    Path(
+        pattern=r"^(latest|[1-9][0-9]{0,8})$",
+        description="Version number within the dataset, or 'latest'.",
+    ),
+]
 Sha256Path = Annotated[
     str, Path(pattern=r"^[0-9a-f]{64}$", description="Lowercase hex SHA-256 of the bytes.")
 ]
@@ -130,6 +155,7 @@ _TAGS: Final[list[dict[str, Any]]] = [
     {"name": "models", "description": "Model versions, lineage and stage transitions."},
     {"name": "approvals", "description": "Electronic signatures on versions."},
     {"name": "artifacts", "description": "Content-addressed artifact storage."},
+    {"name": "datasets", "description": "Challenge sets and label artwork, versioned."},
     {"name": "audit", "description": "The hash-chained audit log."},
     {"name": "users", "description": "Users, roles and API tokens."},
     {"name": "operations", "description": "Health, readiness and metrics."},
@@ -179,10 +205,14 @@ def _principal(
     return found
 
 
-def _require(permission: Permission) -> Callable[[Principal], Principal]:
+def _require(permission: Permission, *alternatives: Permission) -> Callable[[Principal], Principal]:
+    """A dependency that lets through callers holding ``permission`` or one of ``alternatives``."""
+    accepted = (permission, *alternatives)
+
     def check(caller: Annotated[Principal, Depends(_principal)]) -> Principal:
-        if not caller.can(permission):
-            roles = ", ".join(r.value for r in allowed_roles(permission))
+        if not any(caller.can(p) for p in accepted):
+            holders = {r for p in accepted for r in allowed_roles(p)}
+            roles = ", ".join(r.value for r in Role if r in holders)
             raise HTTPException(
                 403,
                 f"user {caller.name!r} with role {caller.role.value} may not "
@@ -196,7 +226,9 @@ def _require(permission: Permission) -> Callable[[Principal], Principal]:
 Caller = Annotated[Principal, Depends(_principal)]
 Reader = Annotated[Principal, Depends(_require(Permission.READ))]
 Registrar = Annotated[Principal, Depends(_require(Permission.REGISTER))]
-Uploader = Annotated[Principal, Depends(_require(Permission.UPLOAD))]
+# Quality users upload the files of the datasets they create.
+Uploader = Annotated[Principal, Depends(_require(Permission.UPLOAD, Permission.CREATE_DATASET))]
+DatasetCreator = Annotated[Principal, Depends(_require(Permission.CREATE_DATASET))]
 Transitioner = Annotated[Principal, Depends(_require(Permission.TRANSITION))]
 Signer = Annotated[Principal, Depends(_require(Permission.SIGN))]
 Auditor = Annotated[Principal, Depends(_require(Permission.AUDIT))]
@@ -480,7 +512,7 @@ def approve(
             },
         }
     },
-    summary="Upload an artifact (service, admin)",
+    summary="Upload an artifact (service, quality, admin)",
 )
 async def put_artifact(
     ctx: Ctx, sha256: Sha256Path, request: Request, response: Response, caller: Uploader
@@ -541,6 +573,83 @@ def head_artifact(ctx: Ctx, sha256: Sha256Path, _caller: Reader) -> Response:
     if not ctx.store.artifact_exists(sha256):
         return Response(status_code=404)
     return Response(status_code=200, headers={"ETag": f'"{sha256}"'})
+
+
+# --- datasets ------------------------------------------------------------------------------
+
+
+@router.post(
+    "/v1/datasets",
+    tags=["datasets"],
+    status_code=201,
+    response_model=DatasetVersionOut,
+    responses={
+        200: {
+            "model": DatasetVersionOut,
+            "description": "Repeated request (same idempotency_key and body).",
+        },
+        **_ERRORS,
+        409: {
+            "model": ErrorOut,
+            "description": "The kind or label design differs from the dataset's first version, "
+            "or the idempotency_key was used with another body.",
+        },
+        422: {"description": "Invalid body (e.g. an unknown class), or an item not uploaded."},
+    },
+    summary="Create a dataset version (quality, admin)",
+)
+def create_dataset(
+    ctx: Ctx, body: DatasetCreate, caller: DatasetCreator, response: Response
+) -> DatasetVersionOut:
+    """Create the next version of dataset ``body.name`` (numbered 1, 2, ... per name) from
+    files uploaded before with PUT /v1/artifacts/{sha256}. Its first version fixes the
+    dataset's kind and label design. The creation is an audit record holding the SHA-256 of
+    the version's manifest."""
+    version, created = ctx.store.create_dataset(body, actor=caller)
+    response.status_code = 201 if created else 200
+    response.headers["Location"] = f"/v1/datasets/{version.name}/versions/{version.version}"
+    return version
+
+
+@router.get("/v1/datasets", tags=["datasets"], response_model=DatasetList, responses=_ERRORS)
+def list_datasets(
+    ctx: Ctx,
+    _caller: Reader,
+    kind: Annotated[DatasetKind | None, Query(description="Only datasets of this kind.")] = None,
+    label_design: Annotated[
+        str | None, Query(max_length=200, description="Only datasets for this label design.")
+    ] = None,
+) -> DatasetList:
+    """Every dataset with its latest version, by name."""
+    return DatasetList(datasets=ctx.store.list_datasets(kind=kind, label_design=label_design))
+
+
+@router.get(
+    "/v1/datasets/{name}",
+    tags=["datasets"],
+    response_model=DatasetVersionList,
+    responses={**_ERRORS, 404: {"model": ErrorOut, "description": "Unknown dataset."}},
+)
+def list_dataset_versions(ctx: Ctx, name: DatasetName, _caller: Reader) -> DatasetVersionList:
+    """The versions of a dataset, oldest first, with their item counts per label."""
+    return ctx.store.dataset_versions(name)
+
+
+@router.get(
+    "/v1/datasets/{name}/versions/{version}",
+    tags=["datasets"],
+    response_model=DatasetVersionOut,
+    responses={
+        **_ERRORS,
+        404: {"model": ErrorOut, "description": "Unknown dataset or version."},
+    },
+)
+def get_dataset_version(
+    ctx: Ctx, name: DatasetName, version: DatasetVersionRef, _caller: Reader
+) -> DatasetVersionOut:
+    """One version with its items (each downloadable from GET /v1/artifacts/{sha256});
+    ``manifest_intact`` is recomputed from the stored manifest."""
+    return ctx.store.get_dataset_version(name, None if version == "latest" else int(version))
 
 
 # --- audit ---------------------------------------------------------------------------------

@@ -9,8 +9,9 @@
 Roles and what they may do (enforced in :mod:`inspectloop.registry.api`):
 
 ============ =======================================================================
-operator     read models, versions, lineage, artifacts
-quality      + stage transitions, electronic signatures (approvals)
+operator     read models, versions, lineage, artifacts, datasets
+quality      + stage transitions, electronic signatures (approvals), create datasets
+             (challenge sets, label artwork) and upload their files
 service      + register versions, upload artifacts, stage transitions (machine accounts:
              trainer, rollout controller); cannot sign
 admin        everything, incl. users, tokens, the audit log and its verification
@@ -66,11 +67,14 @@ class Permission(StrEnum):
     SIGN = "sign"
     AUDIT = "audit"
     MANAGE_USERS = "manage-users"
+    CREATE_DATASET = "create-dataset"
 
 
 _GRANTS: Final[dict[Role, frozenset[Permission]]] = {
     Role.OPERATOR: frozenset({Permission.READ}),
-    Role.QUALITY: frozenset({Permission.READ, Permission.TRANSITION, Permission.SIGN}),
+    Role.QUALITY: frozenset(
+        {Permission.READ, Permission.TRANSITION, Permission.SIGN, Permission.CREATE_DATASET}
+    ),
     Role.SERVICE: frozenset(
         {Permission.READ, Permission.REGISTER, Permission.UPLOAD, Permission.TRANSITION}
     ),

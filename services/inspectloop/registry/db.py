@@ -54,6 +54,8 @@ __all__ = [
     "AuditRow",
     "Base",
     "BlobRow",
+    "DatasetRow",
+    "DatasetVersionRow",
     "ModelRow",
     "ProcessedEvent",
     "StageChange",
@@ -224,6 +226,51 @@ class BlobRow(Base):
     uri: Mapped[str] = mapped_column(Text)
     uploaded_by: Mapped[str] = mapped_column(String(64))
     uploaded_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class DatasetRow(Base):
+    """A named dataset (challenge set or label artwork); its kind and label design are fixed by
+    its first version."""
+
+    __tablename__ = "registry_datasets"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), index=True)
+    label_design: Mapped[str] = mapped_column(String(200), index=True)
+    created_by: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class DatasetVersionRow(Base):
+    """One immutable version of a dataset: its canonical manifest (items, scope, classes)."""
+
+    __tablename__ = "registry_dataset_versions"
+    __table_args__ = (
+        UniqueConstraint(
+            "dataset_name", "version", name="uq_registry_dataset_versions_name_version"
+        ),
+        UniqueConstraint(
+            "dataset_name",
+            "idempotency_key",
+            name="uq_registry_dataset_versions_name_idempotency",
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    dataset_name: Mapped[str] = mapped_column(ForeignKey("registry_datasets.name"), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    # Canonical JSON of the version; never changed. Its SHA-256 is in the audit record.
+    manifest: Mapped[str] = mapped_column(Text)
+    manifest_sha256: Mapped[str] = mapped_column(String(64))
+    item_count: Mapped[int] = mapped_column(Integer)
+    # Canonical JSON {label: items}, so that listings need not parse every manifest.
+    counts: Mapped[str] = mapped_column(Text)
+    description: Mapped[str] = mapped_column(Text, default="")
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), default=None)
+    request_sha256: Mapped[str] = mapped_column(String(64))
+    audit_seq: Mapped[int] = mapped_column(Integer)
+    created_by: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
 
 
 class AuditRow(Base):

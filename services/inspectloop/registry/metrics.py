@@ -48,6 +48,18 @@ class RegistryMetrics:
         self.artifact_bytes = metrics.counter(
             "artifact_upload", "bytes", "Bytes of newly stored artifacts."
         )
+        self.dataset_versions = metrics.counter(
+            "dataset_versions_created",
+            "versions",
+            "Dataset versions created, by kind (challenge, artwork).",
+            ["kind"],
+        )
+        self.dataset_images = metrics.counter(
+            "dataset",
+            "images",
+            "Items in newly created dataset versions, by kind (challenge, artwork).",
+            ["kind"],
+        )
         self.bus_events = metrics.counter(
             "bus_events_recorded",
             "events",

@@ -23,6 +23,16 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, selectinload
 
 from inspectloop.core.blobstore import BlobNotFoundError, BlobStore
+from inspectloop.core.datasets import (
+    DatasetCreate,
+    DatasetItemOut,
+    DatasetKind,
+    DatasetOut,
+    DatasetScope,
+    DatasetVersionList,
+    DatasetVersionOut,
+    DatasetVersionSummary,
+)
 from inspectloop.core.errors import (
     BackendUnavailableError,
     ConfigError,
@@ -128,6 +138,50 @@ def sha256_text(text: str) -> str:
 
 def subject_of(name: str, version: int | None = None) -> str:
     return f"model/{name}" if version is None else f"model/{name}/{version}"
+
+
+def dataset_subject(name: str, version: int) -> str:
+    return f"dataset/{name}/{version}"
+
+
+# Most SHA-256s in one SQL ``IN (...)``: far below every backend's limit on bound parameters.
+_IN_CHUNK = 500
+
+
+def _dataset_content(body: DatasetCreate) -> dict[str, Any]:
+    """What a dataset version is, in a canonical order (items by label, then SHA-256): its
+    manifest without name and version, and what an idempotency key's body is compared by."""
+    challenge = body.kind is DatasetKind.CHALLENGE
+    items = sorted(
+        (
+            {
+                "sha256": i.sha256,
+                "label": i.label,
+                "filename": i.filename,
+                "media_type": i.media_type,
+            }
+            for i in body.items
+        ),
+        key=lambda i: (i["label"], i["sha256"]),
+    )
+    return {
+        "kind": body.kind.value,
+        "label_design": body.label_design,
+        "scope": body.scope.model_dump(mode="json"),
+        "description": body.description,
+        "classes": list(body.classes) if challenge else [],
+        "items": items,
+    }
+
+
+def _dataset_counts(
+    kind: DatasetKind, classes: Sequence[str], items: Sequence[Mapping[str, Any]]
+) -> dict[str, int]:
+    """Items per label; a challenge set lists every declared class, 0 where it has none."""
+    counts = {c: 0 for c in classes} if kind is DatasetKind.CHALLENGE else {}
+    for item in items:
+        counts[item["label"]] = counts.get(item["label"], 0) + 1
+    return counts
 
 
 @dataclass(frozen=True)
@@ -909,6 +963,254 @@ class RegistryStore:
             comment=body.comment,
             valid=True,
             audit_seq=seq,
+        )
+
+    # --- datasets ------------------------------------------------------------------------------
+
+    def create_dataset(
+        self, body: DatasetCreate, *, actor: Principal
+    ) -> tuple[DatasetVersionOut, bool]:
+        """Create the next version of dataset ``body.name``; returns it and whether it was
+        created.
+
+        Every item's bytes must be stored already. The first version fixes the dataset's kind and
+        label design. With ``body.idempotency_key``, repeating the same request returns the version
+        it created (created=False); the same key with another body is a conflict.
+        """
+        name = body.name
+        kind = body.kind
+        content = _dataset_content(body)
+        request_sha = sha256_text(canonical_json(content))
+        key = body.idempotency_key
+        with self._write() as session:
+            dataset = session.get(db.DatasetRow, name)
+            if key is not None:
+                existing = session.scalar(
+                    select(db.DatasetVersionRow).where(
+                        db.DatasetVersionRow.dataset_name == name,
+                        db.DatasetVersionRow.idempotency_key == key,
+                    )
+                )
+                if existing is not None:
+                    if existing.request_sha256 != request_sha:
+                        raise ConflictError(
+                            f"idempotency_key {key!r} was used for version {existing.version} "
+                            f"of dataset {name!r} with a different body"
+                        )
+                    return self._dataset_version_out(session, existing), False
+            if dataset is not None and (
+                dataset.kind != kind.value or dataset.label_design != body.label_design
+            ):
+                raise ConflictError(
+                    f"dataset {name!r} is of kind {dataset.kind} for label design "
+                    f"{dataset.label_design!r}, fixed by its first version; this request is of "
+                    f"kind {kind.value} for label design {body.label_design!r}: use another name"
+                )
+            self._check_items_stored(session, body)
+            now = self._clock()
+            if dataset is None:
+                dataset = db.DatasetRow(
+                    name=name,
+                    kind=kind.value,
+                    label_design=body.label_design,
+                    created_by=actor.name,
+                    created_at=now,
+                )
+                session.add(dataset)
+                session.flush()
+            latest = session.scalar(
+                select(func.max(db.DatasetVersionRow.version)).where(
+                    db.DatasetVersionRow.dataset_name == name
+                )
+            )
+            version = (latest or 0) + 1
+            manifest_text = canonical_json({**content, "name": name, "version": version})
+            manifest_sha = sha256_text(manifest_text)
+            counts = _dataset_counts(kind, content["classes"], content["items"])
+            seq = self._append(
+                session,
+                actor=actor.name,
+                action="dataset.created",
+                subject=dataset_subject(name, version),
+                details={
+                    "kind": kind.value,
+                    "label_design": body.label_design,
+                    "manifest_sha256": manifest_sha,
+                    "item_count": len(content["items"]),
+                    "counts": counts,
+                    "description": body.description,
+                    "idempotency_key": key,
+                    "role": actor.role.value,
+                },
+            )
+            row = db.DatasetVersionRow(
+                dataset_name=name,
+                version=version,
+                manifest=manifest_text,
+                manifest_sha256=manifest_sha,
+                item_count=len(content["items"]),
+                counts=canonical_json(counts),
+                description=body.description,
+                idempotency_key=key,
+                request_sha256=request_sha,
+                audit_seq=seq,
+                created_by=actor.name,
+                created_at=now,
+            )
+            session.add(row)
+            session.flush()
+            out = self._dataset_version_out(session, row)
+        if self.metrics is not None:
+            self.metrics.dataset_versions.labels(kind=kind.value).inc()
+            self.metrics.dataset_images.labels(kind=kind.value).inc(out.item_count)
+        return out, True
+
+    def _check_items_stored(self, session: Session, body: DatasetCreate) -> None:
+        """InvalidError naming every item whose bytes the registry does not have."""
+        stored = self._stored_sizes(session, [i.sha256 for i in body.items])
+        missing = [
+            i for i in body.items if i.sha256 not in stored and not self.blob_store.exists(i.sha256)
+        ]
+        if not missing:
+            return
+        shown = ", ".join(
+            f"{i.sha256} ({i.filename})" if i.filename else i.sha256 for i in missing[:50]
+        )
+        more = f" and {len(missing) - 50} more" if len(missing) > 50 else ""
+        raise InvalidError(
+            f"{len(missing)} of the {len(body.items)} item(s) of dataset {body.name!r} are not "
+            f"stored: upload them first with PUT /v1/artifacts/{{sha256}}; missing: {shown}{more}"
+        )
+
+    @staticmethod
+    def _stored_sizes(session: Session, shas: Sequence[str]) -> dict[str, int]:
+        """Sizes of the uploaded artifacts among ``shas`` (by SHA-256)."""
+        sizes: dict[str, int] = {}
+        unique = sorted(set(shas))
+        for start in range(0, len(unique), _IN_CHUNK):
+            chunk = unique[start : start + _IN_CHUNK]
+            rows = session.execute(
+                select(db.BlobRow.sha256, db.BlobRow.size_bytes).where(db.BlobRow.sha256.in_(chunk))
+            ).all()
+            sizes.update({sha: size for sha, size in rows})
+        return sizes
+
+    def list_datasets(
+        self, *, kind: DatasetKind | None = None, label_design: str | None = None
+    ) -> list[DatasetOut]:
+        """Every dataset (optionally of one kind and label design), by name."""
+        with self._read() as session:
+            statement = select(db.DatasetRow).order_by(db.DatasetRow.name)
+            if kind is not None:
+                statement = statement.where(db.DatasetRow.kind == kind.value)
+            if label_design is not None:
+                statement = statement.where(db.DatasetRow.label_design == label_design)
+            datasets = session.scalars(statement).all()
+            stats = {
+                name: (latest, count)
+                for name, latest, count in session.execute(
+                    select(
+                        db.DatasetVersionRow.dataset_name,
+                        func.max(db.DatasetVersionRow.version),
+                        func.count(db.DatasetVersionRow.id),
+                    ).group_by(db.DatasetVersionRow.dataset_name)
+                ).all()
+            }
+        return [
+            DatasetOut(
+                name=d.name,
+                kind=DatasetKind(d.kind),
+                label_design=d.label_design,
+                created_at=d.created_at,
+                created_by=d.created_by,
+                latest_version=stats.get(d.name, (0, 0))[0],
+                versions=stats.get(d.name, (0, 0))[1],
+            )
+            for d in datasets
+        ]
+
+    def dataset_versions(self, name: str) -> DatasetVersionList:
+        """The versions of a dataset, oldest first."""
+        with self._read() as session:
+            dataset = session.get(db.DatasetRow, name)
+            if dataset is None:
+                raise NotFoundError(f"dataset {name!r} not found")
+            rows = session.scalars(
+                select(db.DatasetVersionRow)
+                .where(db.DatasetVersionRow.dataset_name == name)
+                .order_by(db.DatasetVersionRow.version)
+            ).all()
+            return DatasetVersionList(
+                name=name,
+                kind=DatasetKind(dataset.kind),
+                label_design=dataset.label_design,
+                versions=[self._dataset_summary(dataset, row) for row in rows],
+            )
+
+    def get_dataset_version(self, name: str, version: int | None = None) -> DatasetVersionOut:
+        """One version of a dataset with its items; ``version=None``: the latest."""
+        with self._read() as session:
+            if session.get(db.DatasetRow, name) is None:
+                raise NotFoundError(f"dataset {name!r} not found")
+            statement = select(db.DatasetVersionRow).where(
+                db.DatasetVersionRow.dataset_name == name
+            )
+            if version is None:
+                statement = statement.order_by(db.DatasetVersionRow.version.desc()).limit(1)
+            else:
+                statement = statement.where(db.DatasetVersionRow.version == version)
+            row = session.scalar(statement)
+            if row is None:
+                latest = session.scalar(
+                    select(func.max(db.DatasetVersionRow.version)).where(
+                        db.DatasetVersionRow.dataset_name == name
+                    )
+                )
+                raise NotFoundError(
+                    f"version {version} of dataset {name!r} not found (latest: {latest})"
+                )
+            return self._dataset_version_out(session, row)
+
+    @staticmethod
+    def _dataset_summary(
+        dataset: db.DatasetRow, row: db.DatasetVersionRow
+    ) -> DatasetVersionSummary:
+        return DatasetVersionSummary(
+            name=row.dataset_name,
+            version=row.version,
+            kind=DatasetKind(dataset.kind),
+            label_design=dataset.label_design,
+            item_count=row.item_count,
+            counts=json.loads(row.counts),
+            description=row.description,
+            manifest_sha256=row.manifest_sha256,
+            created_by=row.created_by,
+            created_at=row.created_at,
+            audit_seq=row.audit_seq,
+        )
+
+    def _dataset_version_out(
+        self, session: Session, row: db.DatasetVersionRow
+    ) -> DatasetVersionOut:
+        dataset = session.get(db.DatasetRow, row.dataset_name)
+        if dataset is None:  # the foreign key forbids it
+            raise NotFoundError(f"dataset {row.dataset_name!r} not found")
+        manifest = json.loads(row.manifest)
+        items = manifest["items"]
+        sizes = self._stored_sizes(session, [i["sha256"] for i in items])
+        return DatasetVersionOut(
+            **self._dataset_summary(dataset, row).model_dump(),
+            manifest_intact=sha256_text(row.manifest) == row.manifest_sha256,
+            scope=DatasetScope(**manifest["scope"]),
+            classes=manifest["classes"],
+            items=[
+                DatasetItemOut(
+                    **i,
+                    size_bytes=sizes.get(i["sha256"]),
+                    download_path=f"/v1/artifacts/{i['sha256']}",
+                )
+                for i in items
+            ],
         )
 
     # --- audit ---------------------------------------------------------------------------------
