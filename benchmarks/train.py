@@ -6,8 +6,8 @@ The redesign scenario's data, built the way the trainer service builds it:
   included), of which the snapshot replays a fixed sample (the trainer's ``reference_replay``);
 - a few hundred production images of design B that operators labelled (mostly good), stored in
   the blob store and the trainer's label store as operator feedback would put them there;
-- defects synthesised on design B (``inspectloop.trainer.synthesis``), at every severity and
-  at subtle ones, as the trainer's defaults do;
+- defects synthesised in image space on the labelled good units of design B
+  (``inspectloop.trainer.synthesis``), at every severity and at subtle ones;
 - all three assembled into a content-addressed snapshot (``build_snapshot``); the fine-tuning
   sees the labelled and synthesised design B images twice per epoch (the trainer's
   ``new_appearance_repeats``), with a batch of 32 per worker (the trainer's defaults).
@@ -39,7 +39,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image
 
 from inspectloop.core.blobstore import FilesystemBlobStore
 from inspectloop.simulator.dataset import DatasetSpec, write_dataset
@@ -54,7 +56,7 @@ from inspectloop.trainer.snapshot import (
     from_reference,
     repeat_new_appearance,
 )
-from inspectloop.trainer.synthesis import synthesise_defects
+from inspectloop.trainer.synthesis import SynthesisPlan, write_synthetic_dataset
 
 GOAL_ACCURACY = 0.997
 
@@ -80,7 +82,7 @@ class TrainBenchConfig:
     a_test: int = 2000
     b_labelled: int = 300  # operator-labelled production images of design B
     b_labelled_defect_fraction: float = 0.1
-    b_synthesised: int = 2000  # rendered from the B artwork, 80% with a synthesised defect
+    b_synthesised: int = 2000  # synthesised on the labelled good units of B, severities 0..1
     b_synthesised_subtle: int = 4000  # the same at subtle severities (0..0.35)
     reference_replay: int = 6000  # design A training images in the snapshot
     b_test: int = 2000
@@ -199,27 +201,31 @@ def build_redesign_snapshot(
             ),
             labelled_at=time.time(),
         )
+    # Defects synthesised in image space on the labelled good units of design B, as the
+    # trainer does for a design its reference does not hold.
+    goods = [
+        np.asarray(Image.open(production / r["path"]).convert("RGB"))
+        for r in map(json.loads, (production / "manifest.jsonl").open())
+        if r["label"] == "good"
+    ]
     synthetic = [
-        synthesise_defects(
+        write_synthetic_dataset(
             root / "synthetic",
-            design="B",
-            skus=(),
-            n=n,
-            seed=s + 4,
-            size=config.size,
-            severity=severity,
-            workers=2,
-        )
-        for n, severity in (
-            (config.b_synthesised, (0.0, 1.0)),
-            (config.b_synthesised_subtle, (0.0, 0.35)),
+            SynthesisPlan(
+                design="B",
+                defective=config.b_synthesised,
+                subtle=config.b_synthesised_subtle,
+                test_fraction=0.0,
+                seed=s + 4,
+            ),
+            goods,
         )
     ]
     snapshot = build_snapshot(
         root / "snapshots",
         reference_datasets=references,
         labelled=labels.select(lines=["line-1"]),
-        synthetic_datasets=[d for d in synthetic if d is not None],
+        synthetic_datasets=synthetic,
         reference_train_limit=config.reference_replay,
         blob_store=blobs,
         classes=config.spec().classes,

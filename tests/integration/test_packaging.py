@@ -30,6 +30,7 @@ from tritonclient.grpc import model_config_pb2
 
 from inspectloop.core.onnx_contract import (
     INPUT_NAME,
+    OUTPUT_ANOMALY_SCORE,
     OUTPUT_NAMES,
     read_metadata,
     run_onnx,
@@ -145,7 +146,7 @@ def test_parity_failure_names_the_difference(trained: Trained, tmp_path: Path) -
     with torch.no_grad():
         changed.head.bias.add_(0.5)
 
-    with pytest.raises(ParityError, match=r"max abs diff [0-9.e-]+ > atol 0.0001 \(.*logits"):
+    with pytest.raises(ParityError, match=r"logits over their tolerance \(atol 0.0001, .*logits"):
         check_parity(changed, path, trained.images[:8], ATOL)
 
 
@@ -249,6 +250,9 @@ def test_onnxruntime_backend_config_parses_with_tritons_schema(
         "probabilities": (model_config_pb2.TYPE_FP32, [9]),
         "features": (model_config_pb2.TYPE_FP32, [16]),
         "logits": (model_config_pb2.TYPE_FP32, [9]),
+        # The anomaly detector's score per image (shape [1], reshaped to a scalar) and map.
+        "anomaly_score": (model_config_pb2.TYPE_FP32, [1]),
+        "anomaly_map": (model_config_pb2.TYPE_FP32, [4, 4]),
     }
     # One generator, the backend a parameter: the two configs differ only in the engine.
     python_config = _parse_config_text(triton_config("tiny-inspector", SPEC, "python"))
@@ -329,6 +333,10 @@ def test_triton_serves_the_packaged_model_like_torch(
         expected = reference_outputs(trained.model, SPEC, batch)
         for output in OUTPUT_NAMES:
             answer = result.as_numpy(output)
+            if output == OUTPUT_ANOMALY_SCORE:
+                # The python backend keeps the declared [1] per image (the ONNX backend
+                # applies the config's reshape to N): one score per image either way.
+                answer = answer.reshape(-1)
             assert answer.dtype == np.float32 and answer.shape == expected[output].shape
             np.testing.assert_allclose(answer, expected[output], atol=ATOL, rtol=0)
         np.testing.assert_array_equal(
@@ -344,7 +352,9 @@ def test_triton_serves_the_packaged_model_like_torch(
             want = reference_outputs(trained.model, SPEC, images)
             for output in OUTPUT_NAMES:
                 got = answer.as_numpy(output)  # type: ignore[attr-defined]
-                np.testing.assert_allclose(got, want[output], atol=ATOL, rtol=0)
+                np.testing.assert_allclose(
+                    got.reshape(want[output].shape), want[output], atol=ATOL, rtol=0
+                )
     finally:
         triton_server.unload_model(name)
     assert not triton_server.is_model_ready(name)

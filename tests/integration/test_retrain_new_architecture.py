@@ -93,8 +93,6 @@ def test_a_new_width_trains_from_scratch_then_fine_tunes(
                 max_golden_regressions=1000,
                 latency_runs=10,
             ),
-            synthesised_images=0,
-            synthesised_subtle_images=0,
         )
         trainer = make_trainer(settings, registry)
         trainer.bus.ensure_topics([MODELS])

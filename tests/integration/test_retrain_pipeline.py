@@ -1,8 +1,9 @@
 """A RetrainRequest on the bus, end to end on real components: the trainer service trains on
-Ray Train with two workers, judges the gates, registers the version with its artifacts in the
-real registry service (over HTTP), announces it on the models topic; routed to it, the gateway
-fetches its Triton entry from the registry, loads it into the real Triton server, and answers
-like the torch model."""
+Ray Train with two workers, fits the anomaly detector, judges the production gates on held-out
+images, registers the version with its artifacts in the real registry service (over HTTP),
+announces it on the models topic; routed to it, the gateway fetches its Triton entry from the
+registry, loads it into the real Triton server, and answers like the packaged model: the
+classifier's scores and the anomaly score, combined into one decision."""
 
 from __future__ import annotations
 
@@ -17,12 +18,16 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-import torch
 from prometheus_client import CollectorRegistry
 
 from inspectloop.core.blobstore import FilesystemBlobStore
 from inspectloop.core.events import Event
-from inspectloop.core.onnx_contract import sha256_file
+from inspectloop.core.onnx_contract import (
+    OUTPUT_ANOMALY_SCORE,
+    OUTPUT_PROBABILITIES,
+    run_onnx,
+    sha256_file,
+)
 from inspectloop.core.registry_client import RegistryClient
 from inspectloop.core.topics import (
     FEEDBACK,
@@ -35,16 +40,23 @@ from inspectloop.devtools.registry_process import RegistryUser, registry_process
 from inspectloop.gateway.metrics import GatewayMetrics
 from inspectloop.gateway.repository import RepositorySync
 from inspectloop.gateway.service import InspectionGateway
-from inspectloop.gateway.settings import GatewaySection, TritonSettings
-from inspectloop.gateway.triton import TritonModels
+from inspectloop.gateway.settings import GatewaySection
+from inspectloop.inspection.settings import TritonSettings
+from inspectloop.inspection.triton import TritonScorer
 from inspectloop.simulator.dataset import DatasetSpec, write_dataset
 from inspectloop.simulator.render import encode_png
 from inspectloop.trainer.data import load_split
 from inspectloop.trainer.gates import GateSettings
-from inspectloop.trainer.model import ModelSpec, build_model
-from inspectloop.trainer.packaging import deterministic_tarball, reference_outputs
+from inspectloop.trainer.model import ModelSpec
+from inspectloop.trainer.packaging import deterministic_tarball
 from inspectloop.trainer.settings import TrainerSection
-from inspectloop.v1.common_pb2 import MODEL_ROLE_STABLE, ModelRef, Scope
+from inspectloop.v1.common_pb2 import (
+    DECISION_PASS,
+    DECISION_REJECT,
+    MODEL_ROLE_STABLE,
+    ModelRef,
+    Scope,
+)
 from inspectloop.v1.inspect_service_pb2 import InspectRequest
 from inspectloop.v1.models_pb2 import MODEL_STAGE_REJECTED, MODEL_STAGE_VALIDATED, ModelVersion
 from inspectloop.v1.monitor_pb2 import RETRAIN_REASON_DRIFT, RetrainRequest
@@ -54,8 +66,6 @@ from tests.conftest import TrainerFactory
 pytestmark = pytest.mark.integration
 
 SIZE = 64
-SYNTHESISED = 90
-SYNTHESISED_SUBTLE = 60
 TOKEN = "ilr_" + "t" * 40
 
 
@@ -88,8 +98,6 @@ def test_retrain_request_to_registered_version_served_by_triton(
         registry_url=registry_url,
         work_dir=tmp_path / "trainer",
         gates=GateSettings(latency_runs=20),
-        synthesised_images=SYNTHESISED,
-        synthesised_subtle_images=SYNTHESISED_SUBTLE,
     )
     registry = RegistryClient(registry_url, TOKEN)
     trainer = make_trainer(settings, registry)
@@ -99,7 +107,7 @@ def test_retrain_request_to_registered_version_served_by_triton(
         request_id="req-1",
         reason=RETRAIN_REASON_DRIFT,
         requested_by="test",
-        scope=Scope(lines=["line-1"], label_designs=["B"]),
+        scope=Scope(lines=["line-1"], label_designs=["A"]),
     )
     bus.publish(RETRAIN_REQUESTS, request, event_id="req-1").result(10)
 
@@ -126,18 +134,12 @@ def test_retrain_request_to_registered_version_served_by_triton(
         input_size=SIZE, width_multiplier=0.5
     )
     assert training["fine_tuned"] is False  # no parent yet
-    # The snapshot holds images rendered from the artwork of the redesign the request names,
-    # most of them with a synthesised defect.
+    # Design A is the reference's: nothing synthesised; its test split is held out for the gates.
     snapshot = tmp_path / "trainer" / "snapshots" / record["lineage"]["dataset_snapshot_id"]
     manifest = [json.loads(line) for line in (snapshot / "manifest.jsonl").open()]
-    synthetic = [r for r in manifest if r["source"].startswith("synthetic:design-B-")]
-    assert len(synthetic) == SYNTHESISED + SYNTHESISED_SUBTLE
-    assert len({r["source"] for r in synthetic}) == 2  # every severity, and subtle ones
-    good = sum(r["label"] == "good" for r in synthetic)
-    total = SYNTHESISED + SYNTHESISED_SUBTLE
-    assert abs(good - total * 0.2) <= 6  # each of the three splits of each set rounds
-    assert {r["label"] for r in synthetic} == set(ModelSpec().classes)
-    assert len(manifest) == len(synthetic) + sum(1 for _ in (reference / "manifest.jsonl").open())
+    assert not [r for r in manifest if r["source"].startswith("synthetic:")]
+    assert len(manifest) == sum(1 for _ in (reference / "manifest.jsonl").open())
+    assert {"accuracy", "escape_rate", "false_reject_rate", "A/accuracy"} <= set(record["metrics"])
     gates = {g["gate"]: g for g in record["gate_results"]}
     assert gates["accuracy"]["threshold"] == 0.997
     # Three short epochs on 64-pixel images cannot reach 99.7%: the gates must say so.
@@ -187,7 +189,7 @@ def test_retrain_request_to_registered_version_served_by_triton(
     # whose entry cannot load (a broken version 2) gets no traffic and is counted.
     register_broken_version(registry, record, tmp_path)
     gateway_metrics = GatewayMetrics(CollectorRegistry())
-    triton = TritonModels(TritonSettings(url=triton_server.grpc_url, readiness_ttl_s=0))
+    triton = TritonScorer(TritonSettings(url=triton_server.grpc_url, readiness_ttl_s=0))
     gateway = InspectionGateway(
         GatewaySection(model_name="e2e-inspector"),
         bus=bus,
@@ -213,12 +215,14 @@ def test_retrain_request_to_registered_version_served_by_triton(
         assert not (triton_model_repository / "e2e-inspector" / "2").exists()
         assert not triton.ready("e2e-inspector", "2")
 
+        # The gateway answers as the packaged model computes, anomaly score included, and
+        # the decision is the combined one.
         spec = ModelSpec(input_size=SIZE, width_multiplier=0.5)
-        model = build_model(spec)
-        model.load_state_dict(torch.load(result.weights_path, weights_only=True))
-        model.eval()
-        images = load_split(reference, "test", spec.classes, cache=False).images[:6]
-        expected = reference_outputs(model, spec, images)
+        onnx = next(a for a in record["artifacts"] if a["kind"] == "onnx")
+        packaged = registry.download_artifact(onnx["sha256"], tmp_path / "model.onnx")
+        images = load_split(reference, "test", spec.classes, cache=False).images[:8]
+        expected = run_onnx(packaged, images)
+        assert float(expected[OUTPUT_ANOMALY_SCORE].max()) > 0  # the detector is in the graph
         for i, image in enumerate(images):
             png = encode_png(image)
             answer = gateway.inspect(
@@ -226,7 +230,11 @@ def test_retrain_request_to_registered_version_served_by_triton(
             )
             assert (answer.model.version, answer.model.role) == ("1", MODEL_ROLE_STABLE)
             served = np.array([s.score for s in answer.prediction.scores])
-            assert np.allclose(served, expected["probabilities"][i], atol=1e-4)
+            assert np.allclose(served, expected[OUTPUT_PROBABILITIES][i], atol=1e-4)
+            anomaly = float(expected[OUTPUT_ANOMALY_SCORE][i])
+            assert answer.prediction.anomaly_score == pytest.approx(anomaly, abs=1e-3)
+            passes = answer.prediction.top_class == "good" and anomaly < 1.0
+            assert answer.decision == (DECISION_PASS if passes else DECISION_REJECT)
             assert [s.class_name for s in answer.prediction.scores] == list(spec.classes)
     finally:
         gateway.close()

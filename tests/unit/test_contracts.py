@@ -92,6 +92,7 @@ def _prediction(top: str, confidence: float) -> common_pb2.Prediction:
         ],
         top_class=top,
         confidence=confidence,
+        anomaly_score=0.42 if top == "good" else 1.7,
     )
 
 
@@ -267,6 +268,16 @@ def _model_version() -> models_pb2.ModelVersion:
             ),
         ],
         rejection_reasons=["recall/scratch 0.95 < 0.97"],
+        class_evidence=[
+            models_pb2.ClassEvidence(
+                class_name="scratch", examples=10, detected=10, recall_lower_bound=0.741
+            ),
+            models_pb2.ClassEvidence(
+                class_name="torn_label", examples=4, detected=4, recall_lower_bound=0.473
+            ),
+        ],
+        required_recall_lower_bound=0.7,
+        open_evidence_classes=["torn_label"],
         artifacts=[
             models_pb2.ModelArtifact(
                 kind=models_pb2.ARTIFACT_KIND_ONNX,

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from inspectloop.core.errors import PermanentError
+from inspectloop.monitor.evidence import OpenEvidence
 from inspectloop.monitor.line import LineMonitor, Output
 from inspectloop.monitor.settings import (
     DetectorSettings,
@@ -34,6 +35,7 @@ from inspectloop.v1.feedback_pb2 import (
     OperatorFeedback,
 )
 from inspectloop.v1.inspection_pb2 import InspectionEvent
+from inspectloop.v1.models_pb2 import MODEL_STAGE_REJECTED, MODEL_STAGE_VALIDATED, ModelVersion
 from inspectloop.v1.monitor_pb2 import (
     ALERT_SEVERITY_CRITICAL,
     RETRAIN_REASON_CHANGEOVER,
@@ -126,6 +128,20 @@ class Line:
                 sku=e.sku,
                 label_design=e.label_design,
                 verdict=verdict,
+            )
+            self.outputs += self.monitor.on_feedback(fb, fb.feedback_id, self.now)
+
+    def review_as(
+        self, events: list[InspectionEvent], verdict: FeedbackVerdict, defect_class: str
+    ) -> None:
+        for e in events:
+            self.now += 0.1
+            fb = OperatorFeedback(
+                feedback_id=f"f-{e.inspection_id}",
+                inspection_id=e.inspection_id,
+                line=e.line,
+                verdict=verdict,
+                defect_class=defect_class,
             )
             self.outputs += self.monitor.on_feedback(fb, fb.feedback_id, self.now)
 
@@ -322,3 +338,71 @@ def test_retrain_requests_are_rate_limited_across_lines(
         FEEDBACK_VERDICT_FALSE_REJECT,
     )
     assert len(line.of(RetrainRequest)) == 1
+
+
+def _announced(version: str, open_classes: dict[str, tuple[int, int]]) -> ModelVersion:
+    model = ModelVersion(
+        name="m",
+        version=version,
+        stage=MODEL_STAGE_VALIDATED,
+        required_recall_lower_bound=0.7,
+        open_evidence_classes=sorted(open_classes),
+    )
+    model.scope.lines.append("line-1")
+    for name, (examples, detected) in {"ink_smudge": (20, 20), **open_classes}.items():
+        model.class_evidence.add(class_name=name, examples=examples, detected=detected)
+    return model
+
+
+def test_a_version_with_open_evidence_runs_guarded_until_confirmed_units_close_it(
+    warmed: dict,  # type: ignore[type-arg]
+) -> None:
+    line = resume(warmed, seed=11)
+    # Version 2 was accepted with 3 of 3 torn labels found: a bound of 0.37, under 0.7.
+    line.outputs += line.monitor.on_model_version(
+        _announced("2", {"torn_label": (3, 3)}), "mv-2", line.now
+    )
+    assert line.monitor.mode == LINE_MODE_AUTO  # not the line's model yet
+    line.version = "2"
+    line.run(SETTINGS.detectors.reference_size + 10, Appearance())
+    assert line.monitor.mode == LINE_MODE_GUARDED  # its reference is taken, the bound is open
+    assert line.monitor.evidence is not None
+    assert line.monitor.evidence.open_classes() == ["torn_label"]
+    assert "torn_label 3/3" in line.monitor.evidence.describe()
+    # Feedback counts on inspections still in the quality window (this version's, recent).
+    rejects = [e for e in line.run(400, Appearance()) if e.decision == DECISION_REJECT]
+    assert len(rejects) >= 9 and line.monitor.alarms == {}
+    # Confirmed tears: 12 of 12 bound the recall at 0.78 (3 + 9 of 3 + 9 at 0.78 too, but
+    # 3 + 5 of 8 only at 0.69).
+    line.review_as(rejects[:5], FEEDBACK_VERDICT_CONFIRMED_DEFECT, "torn_label")
+    assert line.monitor.mode == LINE_MODE_GUARDED
+    line.review_as(rejects[5:9], FEEDBACK_VERDICT_CONFIRMED_DEFECT, "torn_label")
+    assert line.monitor.mode == LINE_MODE_AUTO
+    assert "closed the version's evidence bound" in line.of(LineModeChanged)[-1].reason
+    # The state survives a restart with the counts.
+    again = LineMonitor.from_state(json.loads(json.dumps(line.monitor.to_state())), SETTINGS)
+    assert again.evidence is not None and not again.evidence.open_classes()
+
+
+def test_an_escape_counts_as_the_misses_a_guarded_sample_stands_for() -> None:
+    evidence = OpenEvidence.of(_announced("2", {"torn_label": (3, 3)}))
+    assert evidence is not None and evidence.open_classes() == ["torn_label"]
+    evidence.observe("torn_label", detected=False, weight=10)
+    evidence.observe("good", detected=True)  # not a class to prove: ignored
+    for _ in range(39):
+        evidence.observe("torn_label", detected=True)
+    assert evidence.counts["torn_label"] == [52, 42]  # 42 of 52: bound 0.696
+    assert evidence.open_classes() == ["torn_label"]
+    evidence.observe("torn_label", detected=True)  # 43 of 53: 0.701
+    assert evidence.open_classes() == []
+
+
+def test_a_version_without_open_evidence_changes_nothing(
+    warmed: dict,  # type: ignore[type-arg]
+) -> None:
+    line = resume(warmed, seed=12)
+    assert line.monitor.on_model_version(_announced("2", {}), "mv-2", line.now) == []
+    rejected = _announced("3", {"torn_label": (1, 1)})
+    rejected.stage = MODEL_STAGE_REJECTED
+    assert line.monitor.on_model_version(rejected, "mv-3", line.now) == []
+    assert line.monitor.announced == {}

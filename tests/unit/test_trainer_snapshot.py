@@ -18,8 +18,8 @@ from inspectloop.core.blobstore import FilesystemBlobStore
 from inspectloop.core.errors import ConfigError, PermanentError
 from inspectloop.core.events import Envelope, Event
 from inspectloop.core.topics import RETRAIN_REQUESTS
-from inspectloop.gateway.images import check_image
-from inspectloop.gateway.settings import ImageLimits
+from inspectloop.inspection.images import check_image
+from inspectloop.inspection.settings import ImageLimits
 from inspectloop.simulator.dataset import DatasetSpec, write_dataset
 from inspectloop.trainer.data import load_split
 from inspectloop.trainer.metrics import TrainerMetrics

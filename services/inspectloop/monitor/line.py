@@ -47,6 +47,7 @@ from inspectloop.monitor.detectors import (
     wilson_interval,
     z_for_confidence,
 )
+from inspectloop.monitor.evidence import OpenEvidence
 from inspectloop.monitor.reference import Reference, ReferenceSettings, WarmUp
 from inspectloop.monitor.settings import MonitorSection
 from inspectloop.monitor.window import DriftWindow
@@ -61,12 +62,14 @@ from inspectloop.v1.common_pb2 import (
     ModelRef,
 )
 from inspectloop.v1.feedback_pb2 import (
+    FEEDBACK_VERDICT_CONFIRMED_DEFECT,
     FEEDBACK_VERDICT_ESCAPE_REPORTED,
     FEEDBACK_VERDICT_FALSE_REJECT,
     FEEDBACK_VERDICT_UNSPECIFIED,
     OperatorFeedback,
 )
 from inspectloop.v1.inspection_pb2 import InspectionEvent
+from inspectloop.v1.models_pb2 import MODEL_STAGE_VALIDATED, ModelVersion
 from inspectloop.v1.monitor_pb2 import (
     ALERT_SEVERITY_CRITICAL,
     ALERT_SEVERITY_INFO,
@@ -178,6 +181,10 @@ class LineMonitor:
         self.model: ModelRef | None = None
         self.reference: Reference | None = None
         self.recovering = False  # a newly stable model, watched in guarded mode
+        # The stable version's open evidence classes (guarded until closed), and those of
+        # versions announced for the line that are not stable yet ("name/version" -> ...).
+        self.evidence: OpenEvidence | None = None
+        self.announced: dict[str, OpenEvidence] = {}
         self.unfit = ""  # why the stable model cannot be the line's reference, if it cannot
         self.seq = 0  # inspections of the line's stable model seen
         self.warm_up: list[tuple[Array, Array, float, bool]] = []
@@ -250,9 +257,45 @@ class LineMonitor:
                     episode.skus.add(observation.sku)
                 if design:
                     episode.label_designs.add(design)
-        outputs = self._check_quality(event_id, now)
+        outputs = self._observe_evidence(feedback, event_id, now)
+        outputs += self._check_quality(event_id, now)
         outputs += self._maybe_retrain(event_id, now)
         return outputs
+
+    def on_model_version(self, model: ModelVersion, event_id: str, now: float) -> list[Output]:
+        """A version announced for this line: remember its open evidence classes, if any, for
+        when it becomes the line's stable model."""
+        evidence = OpenEvidence.of(model) if model.stage == MODEL_STAGE_VALIDATED else None
+        if evidence is None:
+            return []
+        key = f"{model.name}/{model.version}"
+        self.announced[key] = evidence
+        while len(self.announced) > 8:  # versions that never became stable
+            self.announced.pop(next(iter(self.announced)))
+        if self.model is not None and self._is_current(
+            ModelRef(name=model.name, version=model.version)
+        ):
+            self.evidence = self.announced.pop(key)
+            return self._settle(event_id, now)
+        return []
+
+    def _observe_evidence(
+        self, feedback: OperatorFeedback, event_id: str, now: float
+    ) -> list[Output]:
+        evidence = self.evidence
+        if evidence is None or not evidence.open_classes():
+            return []
+        if feedback.verdict == FEEDBACK_VERDICT_CONFIRMED_DEFECT:
+            evidence.observe(feedback.defect_class, detected=True)
+        elif feedback.verdict == FEEDBACK_VERDICT_ESCAPE_REPORTED:
+            evidence.observe(
+                feedback.defect_class, detected=False, weight=self.settings.evidence.escape_weight
+            )
+        if evidence.open_classes():
+            return []
+        return self._settle(
+            event_id, now, "operator-confirmed units closed the version's evidence bound"
+        )
 
     def on_changeover(
         self, changeover: ChangeoverAnnounced, event_id: str, now: float
@@ -293,7 +336,8 @@ class LineMonitor:
         self.alarms = {}
         self.quality.clear()
         self.episode = None
-        if first and self.mode == LINE_MODE_AUTO:
+        self.evidence = self.announced.pop(f"{model.name}/{model.version}", None)
+        if first and self.mode == LINE_MODE_AUTO and self.evidence is None:
             return []  # the line's first model: nothing to distrust yet
         self.recovering = True
         return self._set_mode(
@@ -481,6 +525,13 @@ class LineMonitor:
             mode = LINE_MODE_MANUAL
         elif severity == ALERT_SEVERITY_WARNING or self.recovering:
             mode = LINE_MODE_GUARDED
+        elif self.evidence is not None and self.evidence.open_classes():
+            mode = LINE_MODE_GUARDED
+            reason = (
+                f"v{self.evidence.version} has too little real evidence for "
+                f"{self.evidence.describe()}: guarded until operator-confirmed units close "
+                f"the bound ({self.evidence.required:.2f})"
+            )
         elif self.episode is not None and self.episode.reason == RETRAIN_REASON_CHANGEOVER:
             mode = max(LINE_MODE_GUARDED, self.mode)
         else:
@@ -633,6 +684,8 @@ class LineMonitor:
             "model": _b64(self.model),
             "reference": _encode_reference(self.reference),
             "recovering": self.recovering,
+            "evidence": None if self.evidence is None else self.evidence.to_state(),
+            "announced": {k: e.to_state() for k, e in self.announced.items()},
             "unfit": self.unfit,
             "seq": self.seq,
             "warm_up": _encode_arrays(self.warm_up),
@@ -662,6 +715,11 @@ class LineMonitor:
         m.model = _unb64(ModelRef, state["model"])
         m.reference = _decode_reference(state["reference"])
         m.recovering = state["recovering"]
+        if state.get("evidence") is not None:
+            m.evidence = OpenEvidence.from_state(state["evidence"])
+        m.announced = {
+            k: OpenEvidence.from_state(e) for k, e in (state.get("announced") or {}).items()
+        }
         m.unfit = state["unfit"]
         m.seq = state["seq"]
         m.warm_up = _decode_arrays(state["warm_up"])

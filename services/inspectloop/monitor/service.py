@@ -31,6 +31,7 @@ from inspectloop.core.topics import (
     FEEDBACK,
     INSPECTIONS,
     LINE_MODES,
+    MODELS,
     RETRAIN_REQUESTS,
 )
 from inspectloop.monitor.line import MODE_NAMES, LineMonitor, Output
@@ -38,6 +39,7 @@ from inspectloop.monitor.metrics import MonitorMetrics
 from inspectloop.monitor.settings import MonitorSection
 from inspectloop.v1.feedback_pb2 import FeedbackVerdict, OperatorFeedback
 from inspectloop.v1.inspection_pb2 import InspectionEvent
+from inspectloop.v1.models_pb2 import ModelVersion
 from inspectloop.v1.monitor_pb2 import (
     AlertSeverity,
     ChangeoverAnnounced,
@@ -49,7 +51,7 @@ from inspectloop.v1.monitor_pb2 import (
 
 log = logging.getLogger(__name__)
 
-CONSUMED = (INSPECTIONS, FEEDBACK, CHANGEOVERS)
+CONSUMED = (INSPECTIONS, FEEDBACK, CHANGEOVERS, MODELS)
 PRODUCED = (DRIFT_ALERTS, LINE_MODES, RETRAIN_REQUESTS)
 GROUP = "monitor"
 
@@ -138,6 +140,7 @@ class MonitorService:
             INSPECTIONS.name: self.handle_inspection,
             FEEDBACK.name: self.handle_feedback,
             CHANGEOVERS.name: self.handle_changeover,
+            MODELS.name: self.handle_model_version,
         }
         handlers[event.topic](event)
 
@@ -181,6 +184,19 @@ class MonitorService:
                     changeover, event.envelope.event_id, event.envelope.time.timestamp()
                 )
                 self._publish(outputs)
+
+    def handle_model_version(self, event: Event[ModelVersion]) -> None:
+        """A validated version with open evidence classes: its lines run guarded once it is
+        their stable model, until production feedback closes the bound."""
+        model = event.message
+        with self._lock:
+            for line in dict.fromkeys(model.scope.lines):
+                monitor = self._line(line, f"model {model.name} v{model.version}")
+                self._publish(
+                    monitor.on_model_version(
+                        model, event.envelope.event_id, event.envelope.time.timestamp()
+                    )
+                )
 
     def persist(self, offsets: Mapping[TopicPartition, int] | None = None) -> None:
         """Writes the state of every line changed since the last call (``before_commit``), and

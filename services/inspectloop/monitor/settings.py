@@ -106,6 +106,16 @@ class RetrainPolicy(Section):
     )
 
 
+class EvidenceSettings(Section):
+    escape_weight: float = Field(
+        default=10.0,
+        ge=1,
+        description="Misses one reported escape counts for in a class's evidence: one over the "
+        "share of passes a guarded line reviews (gateway decision.guarded_pass_sample, 0.1), "
+        "as the escapes found are that share of those that happened.",
+    )
+
+
 class MonitorSection(Section):
     detectors: DetectorSettings = Field(
         default_factory=DetectorSettings, description="Drift detectors and their calibration."
@@ -115,6 +125,10 @@ class MonitorSection(Section):
     )
     retrain: RetrainPolicy = Field(
         default_factory=RetrainPolicy, description="When to ask for a new model."
+    )
+    evidence: EvidenceSettings = Field(
+        default_factory=EvidenceSettings,
+        description="How production feedback closes a version's open evidence classes.",
     )
     state_path: AbsolutePath | None = Field(
         default=None, description="SQLite file of the monitor's state; <data_dir>/monitor/..."

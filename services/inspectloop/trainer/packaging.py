@@ -64,6 +64,8 @@ from inspectloop.core.onnx_contract import (
     INPUT_NAME,
     METADATA_PREFIX,
     ONNX_FILENAME,
+    OUTPUT_ANOMALY_MAP,
+    OUTPUT_ANOMALY_SCORE,
     OUTPUT_FEATURES,
     OUTPUT_LOGITS,
     OUTPUT_NAMES,
@@ -73,6 +75,7 @@ from inspectloop.core.onnx_contract import (
     run_onnx,
     sha256_file,
 )
+from inspectloop.trainer.anomaly import PatchMemory, backbone_maps, grid_size
 from inspectloop.trainer.model import InspectionCNN, ModelSpec
 
 if TYPE_CHECKING:
@@ -218,22 +221,37 @@ def deterministic_tarball(directory: Path, out_path: Path, arcname: str | None =
 
 
 class ServingModule(nn.Module):
-    """The exported graph: uint8 ``N x H x W x 3`` -> (probabilities, features, logits)."""
+    """The exported graph: uint8 ``N x H x W x 3`` -> (probabilities, features, logits,
+    anomaly score, anomaly map). The classifier and the anomaly detector share one pass over
+    the backbone; without a detector (``memory`` None) the anomaly outputs are zeros, so that
+    every packaged model keeps one contract."""
 
-    def __init__(self, model: InspectionCNN, spec: ModelSpec) -> None:
+    def __init__(
+        self, model: InspectionCNN, spec: ModelSpec, memory: PatchMemory | None = None
+    ) -> None:
         super().__init__()
         self.model = model
         self.spec = spec
+        self.memory = memory
+        self.grid = grid_size(spec)
 
-    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """Preprocess (exactly ``spec.preprocess``) and run the model."""
         x = self.spec.preprocess.normalise(images.permute(0, 3, 1, 2))
-        logits, features = self.model.forward_with_features(x)
-        return torch.softmax(logits, dim=1), features, logits
+        logits, features, maps = backbone_maps(self.model, x)
+        if self.memory is not None:
+            score, amap = self.memory(maps)
+        else:
+            amap = torch.zeros_like(maps[0][:, 0, : self.grid, : self.grid])
+            score = amap.flatten(1).sum(dim=1)
+        return torch.softmax(logits, dim=1), features, logits, score, amap
 
 
 def reference_outputs(
-    model: InspectionCNN, spec: ModelSpec, images: npt.NDArray[np.uint8]
+    model: InspectionCNN,
+    spec: ModelSpec,
+    images: npt.NDArray[np.uint8],
+    memory: PatchMemory | None = None,
 ) -> dict[str, npt.NDArray[np.float32]]:
     """What the exported graph must compute, by the plain torch path (``spec.preprocess`` then
     the model in eval mode)."""
@@ -241,14 +259,23 @@ def reference_outputs(
     model.eval()
     try:
         with torch.inference_mode():
-            logits, features = model.forward_with_features(spec.preprocess(images))
+            x = spec.preprocess(images)
+            logits, features = model.forward_with_features(x)
             probabilities = torch.softmax(logits, dim=1)
+            if memory is not None:
+                score, amap = memory(backbone_maps(model, x)[2])
+            else:
+                g = grid_size(spec)
+                amap = torch.zeros(len(images), g, g)
+                score = torch.zeros(len(images))
     finally:
         model.train(was_training)
     return {
         OUTPUT_PROBABILITIES: probabilities.numpy(),
         OUTPUT_FEATURES: features.numpy(),
         OUTPUT_LOGITS: logits.numpy(),
+        OUTPUT_ANOMALY_SCORE: score.numpy(),
+        OUTPUT_ANOMALY_MAP: amap.numpy(),
     }
 
 
@@ -257,6 +284,7 @@ def export_onnx(
     spec: ModelSpec,
     path: Path,
     *,
+    memory: PatchMemory | None = None,
     exporter: Exporter = "torchscript",
     opset: int | None = None,
 ) -> Path:
@@ -273,7 +301,7 @@ def export_onnx(
         raise ConfigError("the model's classes, embedding or preprocessing differ from the spec's")
     path.parent.mkdir(parents=True, exist_ok=True)
     was_training = model.training
-    wrapper = ServingModule(model, spec).eval()  # puts the model in eval mode too
+    wrapper = ServingModule(model, spec, memory).eval()  # puts the model in eval mode too
     size = spec.input_size
     example = torch.zeros(2, size, size, 3, dtype=torch.uint8)
     try:
@@ -333,7 +361,7 @@ def _finish_onnx(path: Path, spec: ModelSpec, exporter: Exporter) -> None:
     del proto.metadata_props[:]
     proto.doc_string = (
         "inspectloop inspection model: uint8 images N x H x W x 3 (RGB) -> "
-        "probabilities, features, logits"
+        "probabilities, features, logits, anomaly_score, anomaly_map"
     )
     for key, value in _metadata(spec, exporter).items():
         entry = proto.metadata_props.add()
@@ -353,6 +381,10 @@ def _metadata(spec: ModelSpec, exporter: str) -> dict[str, str]:
     }
 
 
+ANOMALY_OUTPUTS = (OUTPUT_ANOMALY_SCORE, OUTPUT_ANOMALY_MAP)
+ANOMALY_PARITY_ATOL = 1e-2
+
+
 def check_parity(
     model: InspectionCNN,
     onnx_path: Path,
@@ -360,12 +392,13 @@ def check_parity(
     atol: float = 1e-4,
     *,
     spec: ModelSpec | None = None,
+    memory: PatchMemory | None = None,
 ) -> float:
     """Largest absolute difference between torch and onnxruntime over every output on
     ``sample_images``; raises :class:`ParityError` (naming each output's difference) when it
     exceeds ``atol`` or the predicted classes differ."""
     images = as_image_batch(sample_images)
-    expected = reference_outputs(model, spec or model.spec, images)
+    expected = reference_outputs(model, spec or model.spec, images, memory)
     actual = run_onnx(onnx_path, images)
     diffs = {
         name: float(np.max(np.abs(actual[name] - expected[name])))
@@ -375,6 +408,10 @@ def check_parity(
     missing = [name for name in OUTPUT_NAMES if name not in actual]
     if missing:
         raise ParityError(f"{onnx_path} lacks outputs {missing}")
+    # The anomaly outputs are distances in units of the calibrated threshold, computed from
+    # squared norms in float32: 1% of the threshold is far below anything the decision (at 1.0)
+    # can notice, and above the cancellation error of the nearest-neighbour search.
+    limits = {n: ANOMALY_PARITY_ATOL if n in ANOMALY_OUTPUTS else atol for n in diffs}
     worst = max(diffs.values())
     flipped = int(
         np.sum(
@@ -383,10 +420,12 @@ def check_parity(
         )
     )
     detail = ", ".join(f"{name} {diff:.3g}" for name, diff in diffs.items())
-    if not worst <= atol:  # NaN fails too
+    over = [n for n, d in diffs.items() if not d <= limits[n]]  # NaN fails too
+    if over:
         raise ParityError(
-            f"ONNX parity check failed for {onnx_path}: max abs diff {worst:.3g} > atol "
-            f"{atol:g} ({detail}; {flipped} of {len(images)} predictions differ)"
+            f"ONNX parity check failed for {onnx_path}: {', '.join(over)} over their "
+            f"tolerance (atol {atol:g}, anomaly outputs {ANOMALY_PARITY_ATOL:g}; {detail}; "
+            f"{flipped} of {len(images)} predictions differ)"
         )
     logger.info("ONNX parity on %d images: max abs diff %.3g (%s)", len(images), worst, detail)
     return worst
@@ -556,12 +595,13 @@ def triton_config(
     else:
         raise ConfigError(f"unknown Triton backend {backend!r}")
     size = spec.input_size
-    c, d = spec.num_classes, spec.embedding_dim
+    c, d, g = spec.num_classes, spec.embedding_dim, grid_size(spec)
     return (
         textwrap.dedent(
             f"""\
         # inspectloop model-repository entry (contract v{CONTRACT_VERSION}): uint8 RGB images
-        # in, softmax probabilities over the classes, embedding and logits out.
+        # in, softmax probabilities over the classes, embedding, logits and the anomaly
+        # detector's score and map out.
         # Classes, in output order: {json.dumps(list(spec.classes))}
         name: "{model_name}"
         {{engine}}
@@ -590,6 +630,17 @@ def triton_config(
             name: "{OUTPUT_LOGITS}"
             data_type: TYPE_FP32
             dims: [ {c} ]
+          }},
+          {{
+            name: "{OUTPUT_ANOMALY_SCORE}"
+            data_type: TYPE_FP32
+            dims: [ 1 ]
+            reshape: {{ shape: [ ] }}
+          }},
+          {{
+            name: "{OUTPUT_ANOMALY_MAP}"
+            data_type: TYPE_FP32
+            dims: [ {g}, {g} ]
           }}
         ]
         {{batching}}
@@ -760,6 +811,7 @@ def package_model(
     eval_labels: Sequence[int] | npt.NDArray[np.integer[Any]],
     parity_atol: float = 1e-4,
     exporter: Exporter = "torchscript",
+    memory: PatchMemory | None = None,
     **triton: int,
 ) -> PackageResult:
     """Export, check parity, quantize, and write both Triton entries under ``out_dir``::
@@ -772,8 +824,8 @@ def package_model(
     """
     _check_triton_names(model_name, triton_version)
     out_dir.mkdir(parents=True, exist_ok=True)
-    onnx_path = export_onnx(model, spec, out_dir / "model.onnx", exporter=exporter)
-    parity = check_parity(model, onnx_path, parity_images, parity_atol, spec=spec)
+    onnx_path = export_onnx(model, spec, out_dir / "model.onnx", memory=memory, exporter=exporter)
+    parity = check_parity(model, onnx_path, parity_images, parity_atol, spec=spec, memory=memory)
     int8_path = quantize_int8(onnx_path, out_dir / "model.int8.onnx", calibration_images)
     delta = accuracy_delta(onnx_path, int8_path, eval_images, eval_labels)
     repos: dict[ArtifactType, Path] = {}

@@ -87,6 +87,7 @@ class TrainingConfig:
     run_name: str = "inspectloop-train"
     parent_weights: str | None = None  # a state_dict file to fine-tune from
     new_appearance_repeats: int = 1  # see snapshot.repeat_new_appearance
+    labelled_repeats: int = 0  # the operator-labelled images' own repeats (the same)
     progress_dir: str | None = None  # workers write pid and progress files here (observability)
 
     def to_json(self) -> str:
@@ -137,7 +138,9 @@ def train_loop_per_worker(raw_config: dict[str, Any]) -> None:
     model = ray.train.torch.prepare_model(model, move_to_device=config.use_gpu)
     train = InspectionDataset(
         repeat_new_appearance(
-            load_split(config.dataset_dir, "train", spec.classes), config.new_appearance_repeats
+            load_split(config.dataset_dir, "train", spec.classes),
+            config.new_appearance_repeats,
+            config.labelled_repeats,
         ),
         spec.preprocess,
         Augment(),

@@ -31,6 +31,8 @@ from PIL import Image
 from inspectloop.trainer.model import GOOD_CLASS
 
 if TYPE_CHECKING:
+    from inspectloop.trainer.acceptance import Acceptance
+    from inspectloop.trainer.anomaly import Calibration
     from inspectloop.trainer.fit import Metrics
     from inspectloop.trainer.gates import GateResult, LatencyStats
     from inspectloop.trainer.packaging import Int8Delta, PackagedArtifact
@@ -127,6 +129,34 @@ def select_worst_errors(
     return errors[:limit]
 
 
+@dataclass(frozen=True)
+class FlaggedImage:
+    """An acceptance image the version rejected, with the anomaly detector's map of it."""
+
+    image: npt.NDArray[np.uint8]  # H x W x 3
+    anomaly_map: npt.NDArray[np.float32]  # g x g, in units of the threshold
+    true_class: str
+    predicted_class: str
+    anomaly_score: float
+    source: str
+
+
+def anomaly_overlay(image: npt.NDArray[np.uint8], amap: npt.NDArray[np.float32]) -> str:
+    """The image beside itself with the anomaly map laid over it in red (1 = the threshold), as a
+    PNG data URI."""
+    side = image.shape[0]
+    heat = np.asarray(
+        Image.fromarray(np.clip(amap / 1.5, 0, 1).astype(np.float32)).resize(
+            (side, side), Image.Resampling.BILINEAR
+        ),
+        dtype=np.float32,
+    )
+    over = image.astype(np.float32) * (1 - 0.6 * heat[..., None])
+    over[..., 0] += 255 * 0.6 * heat
+    pair = np.concatenate([image, np.clip(over, 0, 255).astype(np.uint8)], axis=1)
+    return png_data_uri(pair, max_side=2 * THUMBNAIL_MAX_SIDE)
+
+
 def png_data_uri(image: npt.NDArray[np.uint8], max_side: int = THUMBNAIL_MAX_SIDE) -> str:
     """A ``data:image/png;base64,...`` URI of an ``H x W x 3`` uint8 image (downscaled to
     ``max_side`` when larger)."""
@@ -215,6 +245,10 @@ def render_report(
     latency: LatencyStats | None = None,
     artifacts: Sequence[PackagedArtifact] = (),
     good_class: str = GOOD_CLASS,
+    acceptance: Acceptance | None = None,
+    calibrations: Sequence[Calibration] = (),
+    flagged: Sequence[FlaggedImage] = (),
+    flagged_total: int = 0,
 ) -> str:
     """The report as an HTML string (see :func:`write_report`)."""
     passed = bool(gates) and all(g.passed for g in gates)
@@ -285,11 +319,71 @@ def render_report(
             for a in artifacts
         ],
         "lineage": info.lineage_rows(),
+        "acceptance": _acceptance_rows(acceptance),
+        "evidence": [
+            {
+                "name": e.class_name,
+                "examples": e.examples,
+                "detected": e.detected,
+                "bound": _pct(e.lower_bound, 1),
+                "open": acceptance is not None and e.lower_bound < acceptance.required_lower_bound,
+            }
+            for e in (acceptance.evidence if acceptance else [])
+        ],
+        "required_bound": _pct(acceptance.required_lower_bound, 0) if acceptance else "",
+        "synthetic": _metric_row("synthetic (reported apart)", acceptance.synthetic)
+        if acceptance and acceptance.synthetic
+        else None,
+        "calibrations": [
+            {
+                "design": c.design,
+                "images": c.images,
+                "max": f"{c.max_score:.4g}",
+                "threshold": f"{c.threshold:.4g}",
+                "method": c.method,
+            }
+            for c in calibrations
+        ],
+        "flagged": [
+            {
+                "uri": anomaly_overlay(f.image, f.anomaly_map),
+                "true": f.true_class,
+                "pred": f.predicted_class,
+                "score": f"{f.anomaly_score:.2f}",
+                "source": f.source,
+            }
+            for f in flagged
+        ],
+        "flagged_total": flagged_total,
     }
     environment = Environment(
         autoescape=True, undefined=StrictUndefined, keep_trailing_newline=True
     )
     return environment.from_string(TEMPLATE).render(**context)
+
+
+def _metric_row(name: str, m: Metrics) -> dict[str, str]:
+    return {
+        "name": name,
+        "images": str(m.count),
+        "accuracy": _pct(m.accuracy, 2),
+        "frr": f"{_pct(m.false_reject_rate, 2)} ({m.false_rejects}/{m.good_count})",
+        "escapes": f"{_pct(m.escape_rate, 2)} ({m.escapes}/{m.defective_count})",
+    }
+
+
+def _acceptance_rows(acceptance: Acceptance | None) -> list[dict[str, str]]:
+    if acceptance is None:
+        return []
+    rows = []
+    for design, m in sorted(acceptance.by_design.items()):
+        sources = acceptance.sources.get(design, {})
+        where = ", ".join(f"{n} {s}" for s, n in sources.items() if n)
+        rows.append(_metric_row(f"design {design} ({where})", m))
+        alone = acceptance.classifier_only.get(design)
+        if alone is not None:
+            rows.append(_metric_row(f"design {design}: the classifier alone", alone))
+    return rows
 
 
 def write_report(
@@ -304,6 +398,7 @@ def write_report(
     latency: LatencyStats | None = None,
     artifacts: Sequence[PackagedArtifact] = (),
     good_class: str = GOOD_CLASS,
+    **acceptance: Any,
 ) -> Path:
     """Write the self-contained HTML validation report to ``path``; returns ``path``.
 
@@ -320,6 +415,7 @@ def write_report(
         latency=latency,
         artifacts=artifacts,
         good_class=good_class,
+        **acceptance,
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
@@ -376,6 +472,43 @@ TEMPLATE = """\
 <table>
 {% for label, value in summary %}  <tr><th>{{ label }}</th><td>{{ value }}</td></tr>
 {% endfor %}</table>
+
+{% if acceptance %}
+<h2>Acceptance: real images no training step saw</h2>
+<p class="muted">Combined decision (a unit passes only if the classifier says good and the
+anomaly detector does not flag it), on held-out real images (test) and the plant's challenge
+sets, each label design on its own. Synthetic images never count.</p>
+<table>
+  <tr><th>set</th><th class="num">images</th><th class="num">accuracy</th><th class="num">false rejects</th><th class="num">escapes</th></tr>
+{% for r in acceptance %}  <tr><td>{{ r.name }}</td><td class="num">{{ r.images }}</td><td class="num">{{ r.accuracy }}</td><td class="num">{{ r.frr }}</td><td class="num">{{ r.escapes }}</td></tr>
+{% endfor %}{% if synthetic %}  <tr class="muted"><td>{{ synthetic.name }}</td><td class="num">{{ synthetic.images }}</td><td class="num">{{ synthetic.accuracy }}</td><td class="num">{{ synthetic.frr }}</td><td class="num">{{ synthetic.escapes }}</td></tr>
+{% endif %}</table>
+<h2>Real evidence per defect class</h2>
+<p class="muted">Real defective units of the class and how many were rejected, with the one-sided
+95% Clopper-Pearson lower bound of the recall. A class under {{ required_bound }} is open: its
+lines run guarded until operator-confirmed production units close the bound.</p>
+<table>
+  <tr><th>class</th><th class="num">real examples</th><th class="num">rejected</th><th class="num">recall lower bound</th><th>evidence</th></tr>
+{% for e in evidence %}  <tr class="{{ 'failed' if e.open else '' }}"><td>{{ e.name }}</td><td class="num">{{ e.examples }}</td><td class="num">{{ e.detected }}</td><td class="num">{{ e.bound }}</td><td>{{ 'too few: lines stay guarded' if e.open else 'sufficient' }}</td></tr>
+{% endfor %}</table>
+{% endif %}
+{% if calibrations %}
+<h2>Anomaly detector</h2>
+<table>
+  <tr><th>design</th><th class="num">held-out good images</th><th class="num">largest score</th><th class="num">threshold</th><th>method</th></tr>
+{% for c in calibrations %}  <tr><td>{{ c.design }}</td><td class="num">{{ c.images }}</td><td class="num">{{ c.max }}</td><td class="num">{{ c.threshold }}</td><td>{{ c.method }}</td></tr>
+{% endfor %}</table>
+{% endif %}
+{% if flagged %}
+<h2>Flagged images and their anomaly maps</h2>
+<p class="muted">Every acceptance image the version rejects{% if flagged_total > flagged|length %} (the first {{ flagged|length }} of {{ flagged_total }}){% endif %}: the image, and the anomaly map over it (red: the patches past the threshold).</p>
+<div class="errors">
+{% for f in flagged %}  <figure style="width: 340px">
+    <img src="{{ f.uri }}" style="width: 330px" alt="{{ f.true }} flagged">
+    <figcaption>true: {{ f.true }}; decided: {{ f.pred }}; anomaly {{ f.score }}<br>{{ f.source }}</figcaption>
+  </figure>
+{% endfor %}</div>
+{% endif %}
 
 <h2>Gates</h2>
 <table class="gates">

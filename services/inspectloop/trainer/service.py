@@ -13,11 +13,12 @@ id (its idempotency key), and the ModelVersion event carries an id derived from 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import platform
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,24 +30,20 @@ from inspectloop import __version__
 from inspectloop.core.blobstore import BlobStore
 from inspectloop.core.bus import EventBus
 from inspectloop.core.bus.dedupe import derived_event_id
-from inspectloop.core.errors import BackendUnavailableError, PermanentError
+from inspectloop.core.errors import BackendUnavailableError, PermanentError, TransientError
 from inspectloop.core.events import Event
 from inspectloop.core.onnx_contract import sha256_file
 from inspectloop.core.registry_client import RegistryClient
 from inspectloop.core.topics import MODELS
-from inspectloop.trainer.data import ImageSet, InspectionDataset, load_split
-from inspectloop.trainer.fit import Metrics, evaluate, predict
-from inspectloop.trainer.gates import (
-    GoldenPredictions,
-    evaluate_gates,
-    measure_latency,
-    rejection_reasons,
-)
+from inspectloop.trainer.anomaly import FittedDetector, fit_detector
+from inspectloop.trainer.data import ImageSet, load_split
+from inspectloop.trainer.fit import Metrics, metrics_from_predictions
+from inspectloop.trainer.gates import rejection_reasons
 from inspectloop.trainer.metrics import TrainerMetrics
 from inspectloop.trainer.model import InspectionCNN, ModelSpec, build_model
-from inspectloop.trainer.packaging import ArtifactType, package_model
+from inspectloop.trainer.packaging import ArtifactType, export_onnx, package_model
 from inspectloop.trainer.ray_loop import Progress, TrainingConfig
-from inspectloop.trainer.report import ReportInfo, select_worst_errors, write_report
+from inspectloop.trainer.report import ReportInfo, write_report
 from inspectloop.trainer.runner import TrainingRunner
 from inspectloop.trainer.settings import TrainerSection
 from inspectloop.trainer.snapshot import (
@@ -56,16 +53,21 @@ from inspectloop.trainer.snapshot import (
     check_image_size,
     label_from_feedback,
 )
-from inspectloop.trainer.synthesis import synthesise_defects
+from inspectloop.trainer.sources import Sources, labelled_splits
+from inspectloop.trainer.validation import validate
 from inspectloop.v1.feedback_pb2 import OperatorFeedback
 from inspectloop.v1.models_pb2 import (
     MODEL_STAGE_REJECTED,
     MODEL_STAGE_VALIDATED,
+    ClassEvidence,
     ModelVersion,
 )
 from inspectloop.v1.monitor_pb2 import RetrainRequest
 
 log = logging.getLogger(__name__)
+
+# Registry calls tried this many times (1, 2, 4, ... s apart) before the bus redelivers.
+REGISTRY_ATTEMPTS = 5
 
 _REGISTRY_KINDS = {
     ArtifactType.ONNX: "onnx",
@@ -79,7 +81,7 @@ _REGISTRY_KINDS = {
 class TrainedVersion:
     version: int
     stage: str
-    metrics: Metrics
+    metrics: Metrics | None  # None when an earlier delivery trained it
     registered: dict[str, Any]
     weights_path: Path
     triton_python_repo: Path
@@ -87,12 +89,6 @@ class TrainedVersion:
 
 def _split(dataset_dir: Path, split: str, spec: ModelSpec) -> ImageSet:
     return load_split(dataset_dir, split, spec.classes, cache=False)
-
-
-def _golden(model: InspectionCNN, images: ImageSet, spec: ModelSpec) -> GoldenPredictions:
-    probabilities, _ = predict(model, InspectionDataset(images, spec.preprocess))
-    ids = [str(r.get("sha256") or Path(r["path"]).stem) for r in images.records]
-    return GoldenPredictions.from_probabilities(ids, images.labels, probabilities.numpy())
 
 
 @dataclass(frozen=True)
@@ -103,6 +99,7 @@ class ParentModel:
     version: int
     weights: Path | None  # its checkpoint, None when it has none
     spec: ModelSpec | None  # its architecture, None when unknown
+    onnx: Path | None = None  # its packaged model, for the golden comparison
 
 
 def parent_spec(record: dict[str, Any], weights: Path, configured: ModelSpec) -> ModelSpec | None:
@@ -230,6 +227,9 @@ class TrainerService:
         except BackendUnavailableError:
             outcome = "unavailable"
             raise  # the bus pauses and redelivers once the registry or Ray is back
+        except TransientError as exc:
+            outcome = "unavailable"
+            raise BackendUnavailableError(f"retraining interrupted: {exc}") from exc
         except PermanentError:
             raise
         except Exception as exc:
@@ -267,91 +267,90 @@ class TrainerService:
     # --- the pipeline ----------------------------------------------------------------------
 
     def _parent(self) -> ParentModel | None:
-        """The newest production (else validated) version, its weights and architecture."""
+        """The newest production (else validated) version, its weights, packaged model and
+        architecture."""
         versions = self._registry.versions(self.settings.model_name)
         for stage in ("production", "validated"):
             candidates = [v for v in versions if v.get("stage") == stage]
             if candidates:
                 newest = max(int(v["version"]) for v in candidates)
                 parent = self._registry.version(self.settings.model_name, newest)
-                weights = next(
-                    (a for a in parent.get("artifacts", []) if a.get("kind") == "checkpoint"), None
-                )
+                files = {a.get("kind"): a for a in parent.get("artifacts", [])}
+                onnx = None
+                if "onnx" in files:
+                    onnx = self._work / "parents" / f"{parent['version']}.onnx"
+                    if not onnx.exists():
+                        self._registry.download_artifact(files["onnx"]["sha256"], onnx)
+                weights = files.get("checkpoint")
                 if weights is None:
-                    return ParentModel(int(parent["version"]), None, None)
+                    return ParentModel(int(parent["version"]), None, None, onnx)
                 path = self._work / "parents" / f"{parent['version']}.pt"
                 if not path.exists():
                     self._registry.download_artifact(weights["sha256"], path)
                 return ParentModel(
-                    int(parent["version"]), path, parent_spec(parent, path, self.spec)
+                    int(parent["version"]), path, parent_spec(parent, path, self.spec), onnx
                 )
         return None
 
-    def _synthesise(self, request: RetrainRequest) -> list[Path]:
-        """Defects synthesised on each label design the request names (see ``synthesis``):
-        a set at every severity and a set at subtle severities."""
-        settings = self.settings
-        sets = [
-            (settings.synthesised_images, (0.0, 1.0)),
-            (settings.synthesised_subtle_images, (0.0, settings.synthesis_subtle_severity)),
-        ]
-        datasets = []
-        for design in sorted(set(request.scope.label_designs)):
-            for n, severity in sets:
-                if n == 0:
-                    continue
-                dataset = synthesise_defects(
-                    self._work / "synthetic",
-                    design=design,
-                    skus=request.scope.skus,
-                    n=n,
-                    defect_fraction=settings.synthesis_defect_fraction,
-                    severity=severity,
-                    seed=settings.seed,
-                    size=settings.image_size,
-                    serialization=settings.synthesis_serialization,
-                )
-                if dataset is not None:
-                    datasets.append(dataset)
-        return datasets
+    def _registered_for(self, request: RetrainRequest) -> dict[str, Any] | None:
+        """The version an earlier delivery of ``request`` registered, if one did."""
+        for summary in sorted(
+            self._registry.versions(self.settings.model_name),
+            key=lambda v: -int(v["version"]),
+        ):
+            record = self._registry.version(self.settings.model_name, int(summary["version"]))
+            if (record.get("lineage") or {}).get("retrain_request_id") == request.request_id:
+                return record
+        return None
 
     def retrain(self, request: RetrainRequest) -> TrainedVersion:
         started = time.perf_counter()
+        pending = self._pending_path(request)
+        if pending.exists():  # trained and packaged before; only the registration was missing
+            log.info("retrain request %s: registering its trained version", request.request_id)
+            return self._register_pending(request, pending)
+        already = self._registered_for(request)
+        if already is not None:  # a redelivery: announce what the first delivery registered
+            log.info(
+                "retrain request %s was answered by v%s: announcing it again",
+                request.request_id,
+                already["version"],
+            )
+            self._announce(request, ModelVersion.FromString(self._event_from(already)))
+            return TrainedVersion(
+                int(already["version"]), str(already["stage"]), None, already, Path(), Path()
+            )
         settings = self.settings
         scope = request.scope
+        labelled = self._labels.select(lines=list(scope.lines), skus=list(scope.skus))
+        sources = Sources(settings, self._registry, self._blobs, self._work)
+        reference_designs = sources.reference_designs()
+        designs = sorted(set(scope.label_designs) or reference_designs)
+        new_designs = sorted(set(designs) - reference_designs)
         snapshot = build_snapshot(
             self._work / "snapshots",
             reference_datasets=settings.reference_datasets,
-            labelled=self._labels.select(lines=list(scope.lines), skus=list(scope.skus)),
-            synthetic_datasets=self._synthesise(request),
+            labelled=labelled,
+            synthetic_datasets=sources.synthetic_datasets(new_designs, labelled),
+            challenge_sets=sources.challenge_sets(sorted(set(designs) | reference_designs)),
             blob_store=self._blobs,
             classes=self.spec.classes,
             image_size=settings.image_size,
+            splits=labelled_splits(settings),
             reference_train_limit=settings.reference_replay or None,
         )
         log.info("snapshot %s: %s", snapshot.snapshot_id[:12], snapshot.counts)
         parent = self._parent() if settings.fine_tune else None
-        parent_weights = parent.weights if parent else None
-        if parent and parent_weights and parent.spec != self.spec:
-            # Changed width or input size (settings): the weights do not fit, so the new
-            # architecture trains from scratch; the golden set still compares with the parent.
-            known = parent.spec or "an unknown one"
-            log.warning(
-                "parent v%d has another architecture (%s) than configured (%s): its weights "
-                "do not fit, training from scratch",
-                parent.version,
-                known,
-                self.spec,
-            )
-            parent_weights = None
+        start_from = self._start_weights(parent)
         existing = [int(v["version"]) for v in self._registry.versions(settings.model_name)]
         version = max(existing, default=0) + 1
         run_name = f"{settings.model_name}-v{version}-{request.request_id[:8]}"
+        fine_tuning = start_from is not None
         config = TrainingConfig(
             dataset_dir=str(snapshot.directory),
             spec=self.spec.to_dict(),
-            epochs=settings.fine_tune_epochs if parent_weights else settings.epochs,
-            lr=settings.lr / 2 if parent_weights else settings.lr,
+            epochs=settings.fine_tune_epochs if fine_tuning else settings.epochs,
+            lr=settings.lr / 2 if fine_tuning else settings.lr,
             batch_size=settings.batch_size,
             seed=settings.seed,
             num_workers=settings.num_workers,
@@ -360,8 +359,9 @@ class TrainerService:
             max_failures=settings.max_failures,
             storage_path=str(self._work / "runs"),
             run_name=run_name,
-            parent_weights=str(parent_weights) if parent_weights else None,
-            new_appearance_repeats=settings.new_appearance_repeats if parent_weights else 1,
+            parent_weights=str(start_from) if start_from else None,
+            new_appearance_repeats=settings.new_appearance_repeats if fine_tuning else 1,
+            labelled_repeats=settings.labelled_repeats if new_designs else 0,
             progress_dir=str(self._work / "runs" / run_name / "progress"),
         )
         with watch_progress(Path(config.progress_dir or ""), self._metrics, run_name):
@@ -372,13 +372,68 @@ class TrainerService:
         return self._validate_and_register(
             request,
             model,
-            dataset_dir=snapshot.directory,
             snapshot_id=snapshot.snapshot_id,
+            snapshot_dir=snapshot.directory,
             version=version,
             parent=parent,
             config=config,
             weights_path=result.weights_path,
+            designs=tuple(designs),
             started=started,
+        )
+
+    def _parent_onnx(self, parent: ParentModel | None) -> Path | None:
+        """The parent's packaged model for the golden comparison: its registered ONNX, else
+        (a version registered with its checkpoint only) one exported from its weights."""
+        if parent is None or parent.onnx is not None:
+            return parent.onnx if parent else None
+        if parent.weights is None or parent.spec is None:
+            return None
+        path = self._work / "parents" / f"{parent.version}.exported.onnx"
+        if not path.exists():
+            model = build_model(parent.spec)
+            model.load_state_dict(torch.load(parent.weights, weights_only=True))
+            model.eval()
+            export_onnx(model, parent.spec, path)
+        return path
+
+    def _start_weights(self, parent: ParentModel | None) -> Path | None:
+        """What the training starts from: the parent's weights when they fit the configured
+        architecture, else the configured initial weights, else nothing (from scratch)."""
+        if parent is not None and parent.weights is not None:
+            if parent.spec == self.spec:
+                return parent.weights
+            # Changed width or input size (settings): the weights do not fit, so the new
+            # architecture trains from scratch; the golden set still compares with the parent.
+            log.warning(
+                "parent v%d has another architecture (%s) than configured (%s): its weights "
+                "do not fit, training from scratch",
+                parent.version,
+                parent.spec or "an unknown one",
+                self.spec,
+            )
+            return None
+        initial = self.settings.initial_weights
+        return initial if parent is None and initial is not None else None
+
+    def _detector(self, model: InspectionCNN, snapshot_dir: Path) -> FittedDetector | None:
+        """The anomaly detector: good training images of every design in the snapshot, its
+        threshold calibrated on the held-out good images of the val split."""
+        if not self.settings.anomaly.enabled:
+            return None
+
+        def goods(split: str) -> dict[str, Any]:
+            if not (snapshot_dir / split).is_dir():
+                return {}
+            images = _split(snapshot_dir, split, self.spec)
+            by: dict[str, list[int]] = {}
+            for i, (record, label) in enumerate(zip(images.records, images.labels, strict=True)):
+                if int(label) == self.spec.good_index:
+                    by.setdefault(str(record.get("label_design", "")), []).append(i)
+            return {d: images.images[np.asarray(ix)] for d, ix in by.items()}
+
+        return fit_detector(
+            model, goods("train"), goods("val"), self.settings.anomaly, self.settings.seed
         )
 
     def _validate_and_register(
@@ -386,41 +441,52 @@ class TrainerService:
         request: RetrainRequest,
         model: InspectionCNN,
         *,
-        dataset_dir: Path,
         snapshot_id: str,
+        snapshot_dir: Path,
         version: int,
         parent: ParentModel | None,
         config: TrainingConfig,
         weights_path: Path,
+        designs: tuple[str, ...],
         started: float,
     ) -> TrainedVersion:
         settings = self.settings
         spec = self.spec
-        test = _split(dataset_dir, "test", spec)
-        metrics = evaluate(model, InspectionDataset(test, spec.preprocess))
-        golden = parent_golden = None
-        if settings.golden_dataset is not None:
-            golden_images = _split(settings.golden_dataset, "golden", spec)
-            golden = _golden(model, golden_images, spec)
-            parent_golden = self._parent_golden(parent, golden_images)
+        detector = self._detector(model, snapshot_dir)
         out_dir = self._work / "packages" / f"v{version}"
-        val = _split(dataset_dir, "val", spec)
+        train = _split(snapshot_dir, "train", spec)
+        chosen = np.random.default_rng(0).permutation(len(train))[:256]
+        calibration = train.images[chosen]
         package = package_model(
             model,
             spec,
             out_dir,
             model_name=settings.model_name,
             triton_version=version,
-            parity_images=test.images[:32],
-            calibration_images=val.images[:256],
-            eval_images=test.images,
-            eval_labels=test.labels,
+            parity_images=calibration[:32],
+            calibration_images=calibration,
+            eval_images=calibration,
+            eval_labels=train.labels[chosen],
+            memory=detector.memory if detector else None,
         )
-        latency = measure_latency(package.onnx_path, runs=settings.gates.latency_runs)
-        gates = evaluate_gates(metrics, golden, parent_golden, latency, settings.gates)
+        golden = (
+            _split(settings.golden_dataset, "golden", spec)
+            if settings.golden_dataset is not None
+            else None
+        )
+        validation = validate(
+            package.onnx_path,
+            snapshot_dir,
+            spec,
+            settings,
+            golden=golden,
+            parent_onnx=self._parent_onnx(parent),
+            evidence_designs=designs,
+        )
+        gates = validation.gates
         reasons = rejection_reasons(gates)
         stage = "rejected" if reasons else "validated"
-        probabilities, _ = predict(model, InspectionDataset(test, spec.preprocess))
+        acceptance = validation.acceptance
         report = write_report(
             out_dir / "report.html",
             ReportInfo(
@@ -438,14 +504,27 @@ class TrainerService:
                     "python": platform.python_version(),
                 },
             ),
-            metrics,
+            validation.worst or _empty_metrics(spec),
             gates,
-            select_worst_errors(test.images, test.labels, probabilities.numpy(), spec.classes),
             int8=package.int8,
             parity_diff=package.parity_diff,
-            latency=latency,
+            latency=validation.latency,
             artifacts=package.artifacts,
+            acceptance=acceptance,
+            calibrations=detector.calibrations if detector else (),
+            flagged=validation.flagged,
+            flagged_total=validation.flagged_total,
         )
+        version_metrics = validation.version_metrics()
+        version_metrics.update(
+            int8_accuracy_delta=package.int8.delta,
+            onnx_parity_max_abs_diff=package.parity_diff,
+            training_seconds=time.perf_counter() - started,
+        )
+        for evidence in acceptance.evidence:
+            version_metrics[f"evidence/{evidence.class_name}/examples"] = evidence.examples
+            version_metrics[f"evidence/{evidence.class_name}/lower_bound"] = evidence.lower_bound
+        version_metrics = {k: float(v) for k, v in version_metrics.items() if np.isfinite(v)}
         files = [
             (a.path, a.sha256, a.size_bytes, _REGISTRY_KINDS[a.kind], "application/octet-stream")
             for a in package.artifacts
@@ -466,19 +545,7 @@ class TrainerService:
             }
             for path, sha, size, kind, media in files
         ]
-        version_metrics: dict[str, float] = {
-            k: float(v)
-            for k, v in {
-                "accuracy": metrics.accuracy,
-                "false_reject_rate": metrics.false_reject_rate,
-                "escape_rate": metrics.escape_rate,
-                "latency_p95_ms": latency.p95_ms,
-                "int8_accuracy_delta": package.int8.delta,
-                "onnx_parity_max_abs_diff": package.parity_diff,
-                "training_seconds": time.perf_counter() - started,
-            }.items()
-            if np.isfinite(v)
-        }
+        open_classes = acceptance.open_classes
         body = {
             "stage": stage,
             "metrics": version_metrics,
@@ -510,6 +577,7 @@ class TrainerService:
                     "batch_size": config.batch_size,
                     "num_workers": config.num_workers,
                     "fine_tuned": config.parent_weights is not None,
+                    "started_from": config.parent_weights or "",
                     "model_spec": spec.to_dict(),
                 },
             },
@@ -521,34 +589,45 @@ class TrainerService:
                 "skus": list(request.scope.skus),
                 "label_designs": list(request.scope.label_designs),
             },
+            "description": (
+                f"too little real evidence for {', '.join(open_classes)}: its lines run "
+                "guarded until operator-confirmed units close the bound"
+                if open_classes and not reasons
+                else ""
+            ),
         }
-        registered = self._registry.register_version(
-            settings.model_name, body, idempotency_key=request.request_id
-        )
-        if int(registered["version"]) != version:
-            log.warning(
-                "registry numbered the version %s, packaged as %s", registered["version"], version
-            )
         event = ModelVersion(
             name=settings.model_name,
-            version=str(registered["version"]),
+            version=str(version),
             stage=MODEL_STAGE_REJECTED if reasons else MODEL_STAGE_VALIDATED,
             metrics=version_metrics,
             rejection_reasons=reasons,
             classes=list(spec.classes),
             input_width=spec.input_size,
             input_height=spec.input_size,
+            required_recall_lower_bound=acceptance.required_lower_bound,
+            open_evidence_classes=open_classes,
         )
         event.gate_results.extend(g.to_proto() for g in gates)
+        event.class_evidence.extend(
+            ClassEvidence(
+                class_name=e.class_name,
+                examples=e.examples,
+                detected=e.detected,
+                recall_lower_bound=e.lower_bound,
+            )
+            for e in acceptance.evidence
+        )
         # Where the version applies: the rollout controller rolls it out on these lines.
         event.scope.CopyFrom(request.scope)
         event.lineage.dataset_snapshot_id = snapshot_id
         event.lineage.retrain_request_id = request.request_id
         event.lineage.parent_version = str(parent.version if parent else "")
-        event.created_at.GetCurrentTime()
-        self._bus.publish(
-            MODELS, event, event_id=derived_event_id(request.request_id, "model-version")
-        ).result(self._bus.settings.kafka.delivery_timeout_s)
+        pending = self._pending_path(request)
+        pending.parent.mkdir(parents=True, exist_ok=True)
+        pending.write_text(
+            json.dumps({"body": body, "event": event.SerializeToString().hex()}), encoding="utf-8"
+        )
         log.info(
             "model %s v%s %s in %.0fs",
             settings.model_name,
@@ -556,29 +635,104 @@ class TrainerService:
             stage,
             time.perf_counter() - started,
         )
+        trained = self._register_pending(request, pending)
         return TrainedVersion(
-            version, stage, metrics, registered, weights_path, package.triton_python_repo
+            trained.version,
+            stage,
+            validation.worst,
+            trained.registered,
+            weights_path,
+            package.triton_python_repo,
         )
 
-    def _parent_golden(
-        self, parent: ParentModel | None, golden_images: ImageSet
-    ) -> GoldenPredictions | None:
-        """The parent's answers on the golden set, with its own architecture; None without a
-        parent, or where it cannot answer on these images (unknown architecture, other input
-        size or classes), which the golden gate reports."""
-        if parent is None or parent.weights is None:
-            return None
-        same_task = parent.spec is not None and (parent.spec.input_size, parent.spec.classes) == (
-            self.spec.input_size,
-            self.spec.classes,
+    # --- registering and announcing ------------------------------------------------------------
+
+    def _pending_path(self, request: RetrainRequest) -> Path:
+        """Where a trained version waits until the registry has it (hours of training are not
+        lost to a registry that is down for a while)."""
+        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in request.request_id)
+        return self._work / "pending" / f"{safe}.json"
+
+    def _register_pending(self, request: RetrainRequest, pending: Path) -> TrainedVersion:
+        saved = json.loads(pending.read_text(encoding="utf-8"))
+        body, event = saved["body"], ModelVersion.FromString(bytes.fromhex(saved["event"]))
+        registered = self._with_retries(
+            "register the version",
+            lambda: self._registry.register_version(
+                self.settings.model_name, body, idempotency_key=request.request_id
+            ),
         )
-        if parent.spec is None or not same_task:
-            log.warning("parent v%d cannot answer on the golden set: not compared", parent.version)
-            return None
-        model = build_model(parent.spec)
-        model.load_state_dict(torch.load(parent.weights, weights_only=True))
-        model.eval()
-        return _golden(model, golden_images, parent.spec)
+        if str(registered["version"]) != event.version:
+            log.warning(
+                "registry numbered the version %s, packaged as %s",
+                registered["version"],
+                event.version,
+            )
+            event.version = str(registered["version"])
+        event.created_at.GetCurrentTime()
+        self._announce(request, event)
+        pending.unlink(missing_ok=True)
+        return TrainedVersion(
+            int(registered["version"]), str(body["stage"]), None, registered, Path(), Path()
+        )
+
+    def _with_retries(self, what: str, call: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """``call`` retried over a registry blip; BackendUnavailableError (the bus pauses and
+        redelivers, and the pending version is registered then) when it lasts."""
+        delay = 1.0
+        for attempt in range(1, REGISTRY_ATTEMPTS + 1):
+            try:
+                return call()
+            except (TransientError, BackendUnavailableError) as exc:
+                if attempt == REGISTRY_ATTEMPTS:
+                    raise BackendUnavailableError(
+                        f"registry unavailable; could not {what} after {attempt} attempts: {exc}"
+                    ) from exc
+                log.warning("could not %s (attempt %d): %s; retrying", what, attempt, exc)
+                time.sleep(delay)  # backing off from a registry in trouble
+                delay *= 2
+        raise AssertionError("unreachable")
+
+    def _announce(self, request: RetrainRequest, event: ModelVersion) -> None:
+        self._bus.publish(
+            MODELS, event, event_id=derived_event_id(request.request_id, "model-version")
+        ).result(self._bus.settings.kafka.delivery_timeout_s)
+
+    @staticmethod
+    def _event_from(record: dict[str, Any]) -> bytes:
+        """The ModelVersion announcement of a registered version (a redelivered request's)."""
+        stage = MODEL_STAGE_REJECTED if record.get("stage") == "rejected" else MODEL_STAGE_VALIDATED
+        event = ModelVersion(
+            name=str(record["name"]),
+            version=str(record["version"]),
+            stage=stage,
+            metrics={k: float(v) for k, v in (record.get("metrics") or {}).items()},
+            rejection_reasons=list(record.get("rejection_reasons") or []),
+            classes=list(record.get("classes") or []),
+            input_width=int(record.get("input_width") or 0),
+            input_height=int(record.get("input_height") or 0),
+        )
+        scope = record.get("scope") or {}
+        event.scope.lines.extend(scope.get("lines") or [])
+        event.scope.skus.extend(scope.get("skus") or [])
+        event.scope.label_designs.extend(scope.get("label_designs") or [])
+        metrics = record.get("metrics") or {}
+        for key, value in metrics.items():
+            if key.startswith("evidence/") and key.endswith("/lower_bound"):
+                name = key.split("/")[1]
+                examples = int(metrics.get(f"evidence/{name}/examples", 0))
+                event.class_evidence.add(
+                    class_name=name, examples=examples, recall_lower_bound=float(value)
+                )
+        lineage = record.get("lineage") or {}
+        event.lineage.retrain_request_id = str(lineage.get("retrain_request_id") or "")
+        event.lineage.parent_version = str(lineage.get("parent_version") or "")
+        event.lineage.dataset_snapshot_id = str(lineage.get("dataset_snapshot_id") or "")
+        return event.SerializeToString()
+
+
+def _empty_metrics(spec: ModelSpec) -> Metrics:
+    return metrics_from_predictions([], [], spec.classes)
 
 
 def main() -> None:
@@ -622,7 +776,9 @@ def main() -> None:
     feedback = bus.consumer("trainer-labels", [FEEDBACK], service.handle_feedback)
     labels_thread = threading.Thread(target=feedback.run, args=(stop,), daemon=True)
     labels_thread.start()
-    retrain = bus.consumer("trainer", [RETRAIN_REQUESTS], service.handle_retrain)
+    # A training outlasts max_poll_interval_ms: it runs on the consumer's worker thread while
+    # the consumer stays in its group, so it runs once and its request is committed once.
+    retrain = bus.consumer("trainer", [RETRAIN_REQUESTS], service.handle_retrain, long_running=True)
     server = (
         serve_metrics(metrics_registry, settings.metrics.host, settings.metrics.port)
         if settings.metrics.port

@@ -8,6 +8,104 @@ from inspectloop.core.settings import AbsolutePath, CommonSettings, Section
 from inspectloop.trainer.gates import GateSettings
 
 
+class AnomalySettings(Section):
+    """How the anomaly detector of every version is built (``INSPECTLOOP_TRAINER__ANOMALY__``)."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Build the anomaly detector; without it a unit passes on the classifier alone.",
+    )
+    memory_size: int = Field(
+        default=3072, ge=16, description="Patches kept in the memory bank (coreset size)."
+    )
+    max_images_per_design: int = Field(
+        default=300,
+        ge=1,
+        description="Good images per label design whose patches go into the memory bank.",
+    )
+    target_false_reject_rate: float = Field(
+        default=0.001,
+        gt=0,
+        lt=0.5,
+        description="Share of good units the calibrated threshold may flag (Gumbel tail).",
+    )
+    margin: float = Field(
+        default=1.05,
+        ge=1.0,
+        description="The threshold is at least the largest calibration score times this.",
+    )
+    min_calibration_images: int = Field(
+        default=10,
+        ge=2,
+        description="Fewest held-out good images of a design to calibrate on; below it the "
+        "threshold is the largest score times margin squared.",
+    )
+
+
+class AcceptanceSettings(Section):
+    """What a version is accepted on (``INSPECTLOOP_TRAINER__ACCEPTANCE__...``)."""
+
+    held_out_fraction: float = Field(
+        default=0.3,
+        gt=0,
+        lt=1,
+        description="Share of the operator-labelled production images held out (by image hash) "
+        "for acceptance; no training step sees them.",
+    )
+    calibration_fraction: float = Field(
+        default=0.1,
+        gt=0,
+        lt=1,
+        description="Share held out to calibrate the anomaly detector's threshold on (its good "
+        "images); it is not part of the acceptance set either.",
+    )
+    required_recall_lower_bound: float = Field(
+        default=0.7,
+        ge=0,
+        le=1,
+        description="Lowest one-sided Clopper-Pearson lower bound of a defect class's recall "
+        "on real examples before its lines may run in auto (0.7: the Knapp reject zone).",
+    )
+    confidence: float = Field(
+        default=0.95, gt=0.5, lt=1, description="Confidence of that lower bound (one-sided)."
+    )
+
+
+class SynthesisSettings(Section):
+    """How many images are made from the good units of each new label design in a request's
+    scope (``INSPECTLOOP_TRAINER__SYNTHESIS__...``)."""
+
+    defective: int = Field(
+        default=2000, ge=0, description="Images with a synthesised defect, severities 0..1."
+    )
+    subtle: int = Field(
+        default=1000,
+        ge=0,
+        description="More, at severities 0..subtle_severity: where the decision boundary is.",
+    )
+    subtle_severity: float = Field(
+        default=0.35, gt=0, le=1, description="Highest severity of the subtle set."
+    )
+    pasted: int = Field(
+        default=300,
+        ge=0,
+        description="Defect regions operators confirmed on any design, pasted onto good units.",
+    )
+    artwork_goods: int = Field(
+        default=300,
+        ge=0,
+        description="Good units re-printed with the design's artwork, when the plant uploaded "
+        "it (registry dataset of kind artwork).",
+    )
+    test_fraction: float = Field(
+        default=0.1,
+        ge=0,
+        lt=1,
+        description="Share held out as synthetic_test: evaluated and reported apart, never "
+        "part of acceptance.",
+    )
+
+
 class TrainerSection(Section):
     model_name: str = Field(default="label-inspector", description="Registry name of the model.")
     ray_address: str | None = Field(
@@ -55,21 +153,6 @@ class TrainerSection(Section):
     reference_datasets: tuple[AbsolutePath, ...] = Field(
         default=(), description="Reference datasets (simulator layout) every snapshot includes."
     )
-    synthesised_images: int = Field(
-        default=2000,
-        ge=0,
-        description="Images rendered from the artwork of each label design in a request's "
-        "scope, defects synthesised on most of them (severities 0..1); 0 turns synthesis off.",
-    )
-    synthesised_subtle_images: int = Field(
-        default=4000,
-        ge=0,
-        description="More renders of each design with defects at subtle severities only "
-        "(0..synthesis_subtle_severity): where the decision boundary is.",
-    )
-    synthesis_subtle_severity: float = Field(
-        default=0.35, gt=0, le=1, description="Highest severity of the subtle renders."
-    )
     reference_replay: int = Field(
         default=6000,
         ge=0,
@@ -82,11 +165,29 @@ class TrainerSection(Section):
         description="Times each labelled or synthesised image (the new appearance) is seen per "
         "fine-tuning epoch, against once for each replayed reference image.",
     )
-    synthesis_defect_fraction: float = Field(
-        default=0.8, ge=0, le=1, description="Share of the synthesised images that are defective."
+    labelled_repeats: int = Field(
+        default=10,
+        ge=1,
+        description="Times each operator-labelled image is seen per fine-tuning epoch: the few "
+        "hundred real images of a new design weigh against the thousands synthesised from them.",
     )
-    synthesis_serialization: str = Field(
-        default="gs1-dm", description="Serialization format printed on the synthesised labels."
+    synthesis: SynthesisSettings = Field(
+        default_factory=SynthesisSettings,
+        description="Defects synthesised in image space on good units of a new label design.",
+    )
+    anomaly: AnomalySettings = Field(
+        default_factory=AnomalySettings,
+        description="The anomaly detector every version carries beside its classifier.",
+    )
+    acceptance: AcceptanceSettings = Field(
+        default_factory=AcceptanceSettings,
+        description="What a version is accepted on: held-out real images, challenge sets.",
+    )
+    initial_weights: AbsolutePath | None = Field(
+        default=None,
+        description="Weights (a state_dict file of the configured architecture) the first "
+        "training starts from: the model a plant already ran before inspectloop. None trains "
+        "the first version from scratch.",
     )
     label_wait_s: float = Field(
         default=120,

@@ -9,11 +9,17 @@ Sources:
 
 - the reference dataset(s) the first model was trained on, split as they were generated;
 - production images that operators labelled (``LabelStore``, fed by operator feedback), fetched
-  from the blob store by hash and split deterministically by hash (so an image never moves
-  between train and test from one snapshot to the next). They are stored as the line sent them,
-  so one that is not an RGB PNG at the model's input size is resized as the gateway resizes it
-  (``core.images``), and its record says what it was;
-- defects synthesised on the new label design (``synthesis``), split as they were generated.
+  from the blob store by hash and split deterministically by hash into train, val (the anomaly
+  detector's calibration) and test (acceptance), so an image never moves between them from one
+  snapshot to the next. They are stored as the line sent them, so one that is not an RGB PNG at
+  the model's input size is resized as the gateway resizes it (``core.images``), and its record
+  says what it was;
+- the plant's challenge sets (seeded-defect kits from the registry): split ``challenge``,
+  acceptance only;
+- defects synthesised on good images of the new label design (``synthesis``): ``train`` and
+  ``synthetic_test`` (reported apart, never part of acceptance).
+
+Every record names its ``label_design``: acceptance judges each design on its own.
 """
 
 from __future__ import annotations
@@ -124,6 +130,25 @@ class LabelStore:
 
 
 @dataclass(frozen=True)
+class ChallengeSet:
+    """A challenge set downloaded from the registry: ``directory/<label>/<file>``."""
+
+    name: str
+    version: int
+    label_design: str
+    directory: Path
+
+
+def dataset_design(dataset: Path) -> str:
+    """The label design of a dataset in the simulator layout (its ``dataset.json``), or ""."""
+    try:
+        summary = json.loads((dataset / "dataset.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ""
+    return str((summary.get("spec") or {}).get("design") or summary.get("label_design") or "")
+
+
+@dataclass(frozen=True)
 class Snapshot:
     snapshot_id: str  # SHA-256 of the manifest
     directory: Path
@@ -151,17 +176,26 @@ def from_reference(record: dict[str, Any]) -> bool:
     return str(record.get("source", "")).startswith("reference:")
 
 
-def repeat_new_appearance(train: ImageSet, repeats: int) -> ImageSet:
+def repeat_new_appearance(train: ImageSet, repeats: int, labelled_repeats: int = 0) -> ImageSet:
     """``train`` with every image that is not from the reference datasets (operator-labelled
-    and synthesised images of the new appearance) ``repeats`` times: the fine-tuning weighs
-    the new appearance above the replayed old one, as the realism recipe does."""
-    if repeats <= 1:
-        return train
-    new = [i for i, r in enumerate(train.records) if not from_reference(r)]
-    return train.subset([*range(len(train)), *(new * (repeats - 1))])
+    and synthesised images of the new appearance) ``repeats`` times, and the operator-labelled
+    ones ``labelled_repeats`` times when that is more: the fine-tuning weighs the new
+    appearance above the replayed old one, and the few hundred real images of the new design
+    against the thousands synthesised from them."""
+    indices = list(range(len(train)))
+    for i, r in enumerate(train.records):
+        if from_reference(r):
+            continue
+        times = repeats
+        if str(r.get("source", "")).startswith("operator:"):
+            times = max(times, labelled_repeats)
+        indices.extend([i] * (times - 1))
+    return train if len(indices) == len(train) else train.subset(indices)
 
 
 def _link(source: Path, target: Path) -> None:
+    if target.exists():  # named by content: the same image from another source
+        return
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.link(source, target)  # same filesystem: no copy
@@ -211,6 +245,38 @@ def _stage_labelled(
     return record
 
 
+def _stage_challenge(
+    challenge: ChallengeSet, staging: Path, classes: Sequence[str], image_size: int
+) -> list[dict[str, Any]]:
+    """Writes a challenge set's images (at the model's input size) into the snapshot."""
+    records = []
+    for path in sorted(p for p in challenge.directory.rglob("*") if p.is_file()):
+        label = path.parent.name
+        if label not in classes:
+            continue
+        data = path.read_bytes()
+        sha = hashlib.sha256(data).hexdigest()
+        try:
+            data, original = _as_model_input(data, image_size)
+        except (UnidentifiedImageError, OSError) as exc:
+            raise PermanentError(f"challenge set {challenge.name}: {path.name}: {exc}") from exc
+        target = Path("challenge") / label / f"{sha}.png"
+        (staging / target).parent.mkdir(parents=True, exist_ok=True)
+        (staging / target).write_bytes(data)
+        record: dict[str, Any] = {
+            "path": target.as_posix(),
+            "sha256": sha,
+            "label": label,
+            "split": "challenge",
+            "source": f"challenge:{challenge.name}@v{challenge.version}",
+            "label_design": challenge.label_design,
+        }
+        if original is not None:
+            record["original"] = original
+        records.append(record)
+    return records
+
+
 def check_image_size(dataset: Path, image_size: int) -> None:
     """Raises ConfigError unless every image of ``dataset`` (simulator layout) is
     ``image_size`` squared: a reference or golden dataset is the model's own input, so another
@@ -246,16 +312,46 @@ def _limit_reference_train(
     return [s for i, s in enumerate(sources) if i not in dropped]
 
 
+def _dataset_sources(
+    datasets: Sequence[Path], kind: str, classes: Sequence[str]
+) -> list[tuple[Path, dict[str, Any]]]:
+    """Every image of ``datasets`` (in the dataset layout) with the record it gets in a
+    snapshot; classes the model does not have are left out."""
+    sources: list[tuple[Path, dict[str, Any]]] = []
+    for dataset in datasets:
+        design = dataset_design(dataset)
+        for line in (dataset / MANIFEST).read_text(encoding="utf-8").splitlines():
+            if not line.strip():
+                continue
+            item = json.loads(line)
+            rel = Path(item["path"])
+            split, label = rel.parts[0], rel.parts[1]
+            if label not in classes:
+                continue
+            sha = rel.stem
+            record = {
+                "path": (Path(split) / label / f"{sha}.png").as_posix(),
+                "sha256": sha,
+                "label": label,
+                "split": split,
+                "source": f"{kind}:{dataset.name}",
+                "label_design": str(item.get("label_design") or design),
+            }
+            sources.append((dataset / rel, record))
+    return sources
+
+
 def build_snapshot(
     root: Path,
     *,
     reference_datasets: Sequence[Path],
     labelled: Iterable[LabelledImage],
     synthetic_datasets: Sequence[Path] = (),
+    challenge_sets: Sequence[ChallengeSet] = (),
     blob_store: BlobStore,
     classes: Sequence[str],
     image_size: int,
-    splits: Sequence[tuple[str, float]] = (("train", 0.7), ("val", 0.15), ("test", 0.15)),
+    splits: Sequence[tuple[str, float]] = (("train", 0.6), ("val", 0.1), ("test", 0.3)),
     reference_train_limit: int | None = None,
 ) -> Snapshot:
     """Assemble a snapshot under ``root/<snapshot_id>`` (reused when it exists already).
@@ -271,27 +367,10 @@ def build_snapshot(
     records: list[dict[str, Any]] = []
     staging = Path(tempfile.mkdtemp(prefix=".snapshot-", dir=root))
     try:
-        datasets = [(d, "reference") for d in reference_datasets]
-        datasets += [(d, "synthetic") for d in synthetic_datasets]
-        sources: list[tuple[Path, dict[str, Any]]] = []
-        for dataset, kind in datasets:
-            for line in (dataset / MANIFEST).read_text(encoding="utf-8").splitlines():
-                if not line.strip():
-                    continue
-                item = json.loads(line)
-                rel = Path(item["path"])
-                split, label = rel.parts[0], rel.parts[1]
-                if label not in classes:
-                    continue
-                sha = rel.stem
-                record = {
-                    "path": (Path(split) / label / f"{sha}.png").as_posix(),
-                    "sha256": sha,
-                    "label": label,
-                    "split": split,
-                    "source": f"{kind}:{dataset.name}",
-                }
-                sources.append((dataset / rel, record))
+        sources = [
+            *_dataset_sources(reference_datasets, "reference", classes),
+            *_dataset_sources(synthetic_datasets, "synthetic", classes),
+        ]
         if reference_train_limit is not None:
             sources = _limit_reference_train(sources, reference_train_limit)
         for source, record in sources:
@@ -301,6 +380,8 @@ def build_snapshot(
             if image.label in classes:
                 split = hash_split(image.sha256, splits)
                 records.append(_stage_labelled(image, split, staging, blob_store, image_size))
+        for challenge in challenge_sets:
+            records.extend(_stage_challenge(challenge, staging, classes, image_size))
         records.sort(key=lambda r: r["path"])
         manifest = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
         snapshot_id = hashlib.sha256(manifest.encode()).hexdigest()

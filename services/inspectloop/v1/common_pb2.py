@@ -24,21 +24,21 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1binspectloop/v1/common.proto\x12\x0einspectloop.v1\"p\n\x08ImageRef\x12\x0b\n\x03uri\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x04\x12\r\n\x05width\x18\x04 \x01(\r\x12\x0e\n\x06height\x18\x05 \x01(\r\x12\x14\n\x0c\x63ontent_type\x18\x06 \x01(\t\"R\n\x08ModelRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\'\n\x04role\x18\x03 \x01(\x0e\x32\x19.inspectloop.v1.ModelRole\"/\n\nClassScore\x12\x12\n\nclass_name\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\"_\n\nPrediction\x12*\n\x06scores\x18\x01 \x03(\x0b\x32\x1a.inspectloop.v1.ClassScore\x12\x11\n\ttop_class\x18\x02 \x01(\t\x12\x12\n\nconfidence\x18\x03 \x01(\x02\"u\n\nImageStats\x12\x12\n\nbrightness\x18\x01 \x01(\x02\x12\x10\n\x08\x63ontrast\x18\x02 \x01(\x02\x12\x11\n\tsharpness\x18\x03 \x01(\x02\x12\x0e\n\x06mean_r\x18\x04 \x01(\x02\x12\x0e\n\x06mean_g\x18\x05 \x01(\x02\x12\x0e\n\x06mean_b\x18\x06 \x01(\x02\";\n\x05Scope\x12\r\n\x05lines\x18\x01 \x03(\t\x12\x0c\n\x04skus\x18\x02 \x03(\t\x12\x15\n\rlabel_designs\x18\x03 \x03(\t*\x81\x01\n\tModelRole\x12\x1a\n\x16MODEL_ROLE_UNSPECIFIED\x10\x00\x12\x15\n\x11MODEL_ROLE_STABLE\x10\x01\x12\x15\n\x11MODEL_ROLE_CANARY\x10\x02\x12\x15\n\x11MODEL_ROLE_SHADOW\x10\x03\x12\x13\n\x0fMODEL_ROLE_EDGE\x10\x04*L\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\x11\n\rDECISION_PASS\x10\x01\x12\x13\n\x0f\x44\x45\x43ISION_REJECT\x10\x02*f\n\x08LineMode\x12\x19\n\x15LINE_MODE_UNSPECIFIED\x10\x00\x12\x12\n\x0eLINE_MODE_AUTO\x10\x01\x12\x15\n\x11LINE_MODE_GUARDED\x10\x02\x12\x14\n\x10LINE_MODE_MANUAL\x10\x03*\xa2\x02\n\x0cReviewReason\x12\x1d\n\x19REVIEW_REASON_UNSPECIFIED\x10\x00\x12\x1d\n\x19REVIEW_REASON_MANUAL_MODE\x10\x01\x12 \n\x1cREVIEW_REASON_GUARDED_REJECT\x10\x02\x12(\n$REVIEW_REASON_GUARDED_LOW_CONFIDENCE\x10\x03\x12 \n\x1cREVIEW_REASON_LOW_CONFIDENCE\x10\x04\x12#\n\x1fREVIEW_REASON_MODEL_UNAVAILABLE\x10\x05\x12!\n\x1dREVIEW_REASON_UNKNOWN_VARIANT\x10\x06\x12\x1e\n\x1aREVIEW_REASON_AUDIT_SAMPLE\x10\x07\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1binspectloop/v1/common.proto\x12\x0einspectloop.v1\"p\n\x08ImageRef\x12\x0b\n\x03uri\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x04\x12\r\n\x05width\x18\x04 \x01(\r\x12\x0e\n\x06height\x18\x05 \x01(\r\x12\x14\n\x0c\x63ontent_type\x18\x06 \x01(\t\"R\n\x08ModelRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\'\n\x04role\x18\x03 \x01(\x0e\x32\x19.inspectloop.v1.ModelRole\"/\n\nClassScore\x12\x12\n\nclass_name\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\"v\n\nPrediction\x12*\n\x06scores\x18\x01 \x03(\x0b\x32\x1a.inspectloop.v1.ClassScore\x12\x11\n\ttop_class\x18\x02 \x01(\t\x12\x12\n\nconfidence\x18\x03 \x01(\x02\x12\x15\n\ranomaly_score\x18\x04 \x01(\x02\"u\n\nImageStats\x12\x12\n\nbrightness\x18\x01 \x01(\x02\x12\x10\n\x08\x63ontrast\x18\x02 \x01(\x02\x12\x11\n\tsharpness\x18\x03 \x01(\x02\x12\x0e\n\x06mean_r\x18\x04 \x01(\x02\x12\x0e\n\x06mean_g\x18\x05 \x01(\x02\x12\x0e\n\x06mean_b\x18\x06 \x01(\x02\";\n\x05Scope\x12\r\n\x05lines\x18\x01 \x03(\t\x12\x0c\n\x04skus\x18\x02 \x03(\t\x12\x15\n\rlabel_designs\x18\x03 \x03(\t*\x81\x01\n\tModelRole\x12\x1a\n\x16MODEL_ROLE_UNSPECIFIED\x10\x00\x12\x15\n\x11MODEL_ROLE_STABLE\x10\x01\x12\x15\n\x11MODEL_ROLE_CANARY\x10\x02\x12\x15\n\x11MODEL_ROLE_SHADOW\x10\x03\x12\x13\n\x0fMODEL_ROLE_EDGE\x10\x04*L\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\x11\n\rDECISION_PASS\x10\x01\x12\x13\n\x0f\x44\x45\x43ISION_REJECT\x10\x02*f\n\x08LineMode\x12\x19\n\x15LINE_MODE_UNSPECIFIED\x10\x00\x12\x12\n\x0eLINE_MODE_AUTO\x10\x01\x12\x15\n\x11LINE_MODE_GUARDED\x10\x02\x12\x14\n\x10LINE_MODE_MANUAL\x10\x03*\xbd\x02\n\x0cReviewReason\x12\x1d\n\x19REVIEW_REASON_UNSPECIFIED\x10\x00\x12\x1d\n\x19REVIEW_REASON_MANUAL_MODE\x10\x01\x12 \n\x1cREVIEW_REASON_GUARDED_REJECT\x10\x02\x12(\n$REVIEW_REASON_GUARDED_LOW_CONFIDENCE\x10\x03\x12 \n\x1cREVIEW_REASON_LOW_CONFIDENCE\x10\x04\x12#\n\x1fREVIEW_REASON_MODEL_UNAVAILABLE\x10\x05\x12!\n\x1dREVIEW_REASON_UNKNOWN_VARIANT\x10\x06\x12\x1e\n\x1aREVIEW_REASON_AUDIT_SAMPLE\x10\x07\x12\x19\n\x15REVIEW_REASON_ANOMALY\x10\x08\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'inspectloop.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MODELROLE']._serialized_start=572
-  _globals['_MODELROLE']._serialized_end=701
-  _globals['_DECISION']._serialized_start=703
-  _globals['_DECISION']._serialized_end=779
-  _globals['_LINEMODE']._serialized_start=781
-  _globals['_LINEMODE']._serialized_end=883
-  _globals['_REVIEWREASON']._serialized_start=886
-  _globals['_REVIEWREASON']._serialized_end=1176
+  _globals['_MODELROLE']._serialized_start=595
+  _globals['_MODELROLE']._serialized_end=724
+  _globals['_DECISION']._serialized_start=726
+  _globals['_DECISION']._serialized_end=802
+  _globals['_LINEMODE']._serialized_start=804
+  _globals['_LINEMODE']._serialized_end=906
+  _globals['_REVIEWREASON']._serialized_start=909
+  _globals['_REVIEWREASON']._serialized_end=1226
   _globals['_IMAGEREF']._serialized_start=47
   _globals['_IMAGEREF']._serialized_end=159
   _globals['_MODELREF']._serialized_start=161
@@ -46,9 +46,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CLASSSCORE']._serialized_start=245
   _globals['_CLASSSCORE']._serialized_end=292
   _globals['_PREDICTION']._serialized_start=294
-  _globals['_PREDICTION']._serialized_end=389
-  _globals['_IMAGESTATS']._serialized_start=391
-  _globals['_IMAGESTATS']._serialized_end=508
-  _globals['_SCOPE']._serialized_start=510
-  _globals['_SCOPE']._serialized_end=569
+  _globals['_PREDICTION']._serialized_end=412
+  _globals['_IMAGESTATS']._serialized_start=414
+  _globals['_IMAGESTATS']._serialized_end=531
+  _globals['_SCOPE']._serialized_start=533
+  _globals['_SCOPE']._serialized_end=592
 # @@protoc_insertion_point(module_scope)

@@ -37,6 +37,7 @@ class ReviewReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REVIEW_REASON_MODEL_UNAVAILABLE: _ClassVar[ReviewReason]
     REVIEW_REASON_UNKNOWN_VARIANT: _ClassVar[ReviewReason]
     REVIEW_REASON_AUDIT_SAMPLE: _ClassVar[ReviewReason]
+    REVIEW_REASON_ANOMALY: _ClassVar[ReviewReason]
 MODEL_ROLE_UNSPECIFIED: ModelRole
 MODEL_ROLE_STABLE: ModelRole
 MODEL_ROLE_CANARY: ModelRole
@@ -57,6 +58,7 @@ REVIEW_REASON_LOW_CONFIDENCE: ReviewReason
 REVIEW_REASON_MODEL_UNAVAILABLE: ReviewReason
 REVIEW_REASON_UNKNOWN_VARIANT: ReviewReason
 REVIEW_REASON_AUDIT_SAMPLE: ReviewReason
+REVIEW_REASON_ANOMALY: ReviewReason
 
 class ImageRef(_message.Message):
     __slots__ = ("uri", "sha256", "size_bytes", "width", "height", "content_type")
@@ -93,14 +95,16 @@ class ClassScore(_message.Message):
     def __init__(self, class_name: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
 
 class Prediction(_message.Message):
-    __slots__ = ("scores", "top_class", "confidence")
+    __slots__ = ("scores", "top_class", "confidence", "anomaly_score")
     SCORES_FIELD_NUMBER: _ClassVar[int]
     TOP_CLASS_FIELD_NUMBER: _ClassVar[int]
     CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    ANOMALY_SCORE_FIELD_NUMBER: _ClassVar[int]
     scores: _containers.RepeatedCompositeFieldContainer[ClassScore]
     top_class: str
     confidence: float
-    def __init__(self, scores: _Optional[_Iterable[_Union[ClassScore, _Mapping]]] = ..., top_class: _Optional[str] = ..., confidence: _Optional[float] = ...) -> None: ...
+    anomaly_score: float
+    def __init__(self, scores: _Optional[_Iterable[_Union[ClassScore, _Mapping]]] = ..., top_class: _Optional[str] = ..., confidence: _Optional[float] = ..., anomaly_score: _Optional[float] = ...) -> None: ...
 
 class ImageStats(_message.Message):
     __slots__ = ("brightness", "contrast", "sharpness", "mean_r", "mean_g", "mean_b")

@@ -115,8 +115,20 @@ class ModelLineage(_message.Message):
     framework_versions: _containers.ScalarMap[str, str]
     def __init__(self, parent_version: _Optional[str] = ..., dataset_snapshot_id: _Optional[str] = ..., dataset_sha256: _Optional[str] = ..., training_run_id: _Optional[str] = ..., code_version: _Optional[str] = ..., seed: _Optional[int] = ..., retrain_request_id: _Optional[str] = ..., framework_versions: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
+class ClassEvidence(_message.Message):
+    __slots__ = ("class_name", "examples", "detected", "recall_lower_bound")
+    CLASS_NAME_FIELD_NUMBER: _ClassVar[int]
+    EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    DETECTED_FIELD_NUMBER: _ClassVar[int]
+    RECALL_LOWER_BOUND_FIELD_NUMBER: _ClassVar[int]
+    class_name: str
+    examples: int
+    detected: int
+    recall_lower_bound: float
+    def __init__(self, class_name: _Optional[str] = ..., examples: _Optional[int] = ..., detected: _Optional[int] = ..., recall_lower_bound: _Optional[float] = ...) -> None: ...
+
 class ModelVersion(_message.Message):
-    __slots__ = ("name", "version", "stage", "metrics", "class_metrics", "gate_results", "rejection_reasons", "artifacts", "lineage", "created_at", "classes", "input_width", "input_height", "scope", "updated_at")
+    __slots__ = ("name", "version", "stage", "metrics", "class_metrics", "gate_results", "rejection_reasons", "artifacts", "lineage", "created_at", "classes", "input_width", "input_height", "scope", "updated_at", "class_evidence", "required_recall_lower_bound", "open_evidence_classes")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -139,6 +151,9 @@ class ModelVersion(_message.Message):
     INPUT_HEIGHT_FIELD_NUMBER: _ClassVar[int]
     SCOPE_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    CLASS_EVIDENCE_FIELD_NUMBER: _ClassVar[int]
+    REQUIRED_RECALL_LOWER_BOUND_FIELD_NUMBER: _ClassVar[int]
+    OPEN_EVIDENCE_CLASSES_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     stage: ModelStage
@@ -154,4 +169,7 @@ class ModelVersion(_message.Message):
     input_height: int
     scope: _common_pb2.Scope
     updated_at: _timestamp_pb2.Timestamp
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., stage: _Optional[_Union[ModelStage, str]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., class_metrics: _Optional[_Iterable[_Union[ClassMetrics, _Mapping]]] = ..., gate_results: _Optional[_Iterable[_Union[GateResult, _Mapping]]] = ..., rejection_reasons: _Optional[_Iterable[str]] = ..., artifacts: _Optional[_Iterable[_Union[ModelArtifact, _Mapping]]] = ..., lineage: _Optional[_Union[ModelLineage, _Mapping]] = ..., created_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., classes: _Optional[_Iterable[str]] = ..., input_width: _Optional[int] = ..., input_height: _Optional[int] = ..., scope: _Optional[_Union[_common_pb2.Scope, _Mapping]] = ..., updated_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    class_evidence: _containers.RepeatedCompositeFieldContainer[ClassEvidence]
+    required_recall_lower_bound: float
+    open_evidence_classes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., stage: _Optional[_Union[ModelStage, str]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., class_metrics: _Optional[_Iterable[_Union[ClassMetrics, _Mapping]]] = ..., gate_results: _Optional[_Iterable[_Union[GateResult, _Mapping]]] = ..., rejection_reasons: _Optional[_Iterable[str]] = ..., artifacts: _Optional[_Iterable[_Union[ModelArtifact, _Mapping]]] = ..., lineage: _Optional[_Union[ModelLineage, _Mapping]] = ..., created_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., classes: _Optional[_Iterable[str]] = ..., input_width: _Optional[int] = ..., input_height: _Optional[int] = ..., scope: _Optional[_Union[_common_pb2.Scope, _Mapping]] = ..., updated_at: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., class_evidence: _Optional[_Iterable[_Union[ClassEvidence, _Mapping]]] = ..., required_recall_lower_bound: _Optional[float] = ..., open_evidence_classes: _Optional[_Iterable[str]] = ...) -> None: ...
