@@ -27,7 +27,7 @@ DEMO_SCALE_FALSE_REJECT_RATE = 0.015
 
 
 def test_plant_recovers_from_a_label_redesign_without_human_action(tmp_path: Path) -> None:
-    config = DemoConfig(work=tmp_path / "up", timeout_s=1500)
+    config = DemoConfig(work=tmp_path / "up", timeout_s=1800)
     with process_platform(config, log.info) as (plant, addresses):
         timeline, report = run_story(plant, config, log.info)
         h = timeline.headline

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from inspectloop.core.errors import ConfigError
-from inspectloop.demo.story import fresh_work_dir, headline, line_summary, outcomes
+from inspectloop.demo.story import design_products, fresh_work_dir, headline, line_summary, outcomes
 from inspectloop.demo.timeline import Mark, Sample, Timeline
+from inspectloop.simulator.scenario import Change, LineSpec, Scenario, ScenarioEvent
 from inspectloop.simulator.traffic import GroundTruthStore, UnitTruth
 from inspectloop.v1.common_pb2 import (
     DECISION_PASS,
@@ -173,3 +174,24 @@ def test_a_directory_the_story_did_not_make_is_refused_not_emptied(tmp_path: Pat
     with pytest.raises(ConfigError, match="not made by the plant story"):
         fresh_work_dir(tmp_path)
     assert (tmp_path / "thesis.tex").read_text() == "years of work"
+
+
+def test_a_challenge_kit_covers_the_products_its_design_carries() -> None:
+    scenario = Scenario(
+        name="kits",
+        duration_s=100,
+        lines=(
+            LineSpec(id="line-1", sku="SKU-01"),
+            LineSpec(id="line-2", sku="SKU-02"),
+            LineSpec(id="line-3", sku="SKU-03", design="B"),
+        ),
+        events=(
+            # line-1 moves to B, then to another product on B; line-2 stays on A.
+            ScenarioEvent(at_s=10, line="line-1", kind="label_redesign", change=Change(design="B")),
+            ScenarioEvent(at_s=20, line="line-1", kind="new_sku", change=Change(sku="SKU-04")),
+        ),
+    )
+    assert design_products(scenario) == {
+        "A": ["SKU-01", "SKU-02"],
+        "B": ["SKU-01", "SKU-03", "SKU-04"],
+    }

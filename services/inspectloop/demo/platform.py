@@ -39,6 +39,7 @@ from inspectloop.core.settings import (
 from inspectloop.core.topics import ALL_TOPICS
 from inspectloop.demo.story import (
     ARTIFACT,
+    QUALITY_TOKEN,
     TOKEN,
     DemoConfig,
     Plant,
@@ -46,6 +47,7 @@ from inspectloop.demo.story import (
     rollout_section,
     seed_dataset,
     trainer_section,
+    upload_challenge_kits,
 )
 from inspectloop.devtools.harness import (
     KafkaBroker,
@@ -163,7 +165,10 @@ def process_platform(
             echo,
         )
         repository = triton.model_repository
-        users = [RegistryUser("pipeline", "service", TOKEN)]
+        users = [
+            RegistryUser("pipeline", "service", TOKEN),
+            RegistryUser("quality", "quality", QUALITY_TOKEN),
+        ]
         echo("starting the registry")
         registry_url = stack.enter_context(
             registry_process(
@@ -172,6 +177,7 @@ def process_platform(
                 settings={"INSPECTLOOP_REGISTRY__REQUIRE_SIGNATURE_FOR": "[]"},
             )
         )
+        upload_challenge_kits(config, scenario, registry_url, echo)
         bus = BusSettings(
             backend="kafka", kafka=KafkaSettings(bootstrap_servers=kafka.bootstrap_servers)
         )

@@ -19,9 +19,10 @@ from inspectloop.core.bus import build_bus
 from inspectloop.core.metrics import serve_metrics
 from inspectloop.core.registry_client import RegistryClient
 from inspectloop.core.settings import BusSettings, LocalBusSettings
-from inspectloop.core.topics import ALL_TOPICS, CHANGEOVERS, FEEDBACK, INSPECTIONS, RETRAIN_REQUESTS
+from inspectloop.core.topics import ALL_TOPICS, FEEDBACK, RETRAIN_REQUESTS
 from inspectloop.demo.story import (
     ARTIFACT,
+    QUALITY_TOKEN,
     TOKEN,
     ConsumerThreads,
     DemoConfig,
@@ -31,6 +32,7 @@ from inspectloop.demo.story import (
     run_story,
     seed_dataset,
     trainer_section,
+    upload_challenge_kits,
 )
 from inspectloop.demo.timeline import Timeline
 from inspectloop.devtools.harness import TritonServer, default_cache_dir
@@ -38,8 +40,9 @@ from inspectloop.devtools.registry_process import RegistryUser, registry_process
 from inspectloop.gateway.metrics import GatewayMetrics
 from inspectloop.gateway.repository import RepositorySync
 from inspectloop.gateway.service import InspectionGateway
-from inspectloop.gateway.triton import TritonModels
+from inspectloop.inspection.triton import TritonScorer
 from inspectloop.monitor.metrics import MonitorMetrics
+from inspectloop.monitor.service import CONSUMED as MONITOR_TOPICS
 from inspectloop.monitor.service import MonitorService, StateStore
 from inspectloop.monitor.settings import MonitorSection
 from inspectloop.rollout.analysis import Analyzer
@@ -75,7 +78,10 @@ def embedded_plant(config: DemoConfig, echo: Callable[[str], None]) -> Iterator[
     work = config.work
     work.mkdir(parents=True, exist_ok=True)
     reference = seed_dataset(config, scenario, echo)
-    users = [RegistryUser("pipeline", "service", TOKEN)]
+    users = [
+        RegistryUser("pipeline", "service", TOKEN),
+        RegistryUser("quality", "quality", QUALITY_TOKEN),
+    ]
     registry_settings = {"INSPECTLOOP_REGISTRY__REQUIRE_SIGNATURE_FOR": "[]"}
     with contextlib.ExitStack() as stack:
         # Last out: the driver has been seen to die inside ray.shutdown(), and by then every
@@ -84,6 +90,7 @@ def embedded_plant(config: DemoConfig, echo: Callable[[str], None]) -> Iterator[
         registry_url = stack.enter_context(
             registry_process(work / "registry", users, settings=registry_settings)
         )
+        upload_challenge_kits(config, scenario, registry_url, echo)
         repository = work / "triton-models"
         repository.mkdir(exist_ok=True)
         triton = TritonServer(repository, default_cache_dir(), work / "triton")
@@ -106,7 +113,7 @@ def embedded_plant(config: DemoConfig, echo: Callable[[str], None]) -> Iterator[
         )
         gateway_metrics = GatewayMetrics(gateway_registry)
         gateway_settings = gateway_section(scenario, triton.grpc_url)
-        triton_models = TritonModels(gateway_settings.triton)
+        triton_models = TritonScorer(gateway_settings.triton)
         gateway = InspectionGateway(
             gateway_settings,
             bus=bus,
@@ -170,13 +177,10 @@ def embedded_plant(config: DemoConfig, echo: Callable[[str], None]) -> Iterator[
         stack.callback(threads.close)
         gateway.follow()
         threads.consume(
-            "monitor",
-            [INSPECTIONS, FEEDBACK, CHANGEOVERS],
-            monitor.handle,
-            before_commit=monitor.persist,
+            "monitor", list(MONITOR_TOPICS), monitor.handle, before_commit=monitor.persist
         )
         threads.consume("trainer-labels", [FEEDBACK], trainer.handle_feedback)
-        threads.consume("trainer", [RETRAIN_REQUESTS], trainer.handle_retrain)
+        threads.consume("trainer", [RETRAIN_REQUESTS], trainer.handle_retrain, long_running=True)
         threads.spawn("rollout", lambda: rollout.run(threads.stop, section.tick_s))
         yield Plant(
             bus=bus,

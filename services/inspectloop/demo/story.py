@@ -25,11 +25,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import httpx
+import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
 from inspectloop.core.bus import EventBus
 from inspectloop.core.errors import ConfigError
 from inspectloop.core.events import Event
+from inspectloop.core.registry_client import RegistryClient
 from inspectloop.core.topics import (
     DRIFT_ALERTS,
     INSPECTIONS,
@@ -52,14 +54,18 @@ from inspectloop.demo.timeline import (
     Timeline,
     goals_met,
 )
+from inspectloop.devtools.foundation import FOUNDATION_WEIGHTS
 from inspectloop.gateway.routing import RoutingTable
-from inspectloop.gateway.settings import GatewaySection, TritonSettings
-from inspectloop.gateway.triton import TritonModels
+from inspectloop.gateway.settings import GatewaySection
+from inspectloop.inspection.settings import TritonSettings
+from inspectloop.inspection.triton import TritonScorer
 from inspectloop.monitor.line import MODE_NAMES
 from inspectloop.rollout.settings import AnalysisSettings, MetricsSourceSettings, RolloutSection
 from inspectloop.simulator.dataset import DatasetSpec, write_dataset
+from inspectloop.simulator.defects import GOOD, LABEL_CLASSES
 from inspectloop.simulator.line import LineSimulator
 from inspectloop.simulator.operators import OperatorSimulator
+from inspectloop.simulator.render import encode_png, render_label
 from inspectloop.simulator.scenario import Scenario, load_scenario
 from inspectloop.simulator.traffic import GroundTruthStore, InspectClient
 from inspectloop.trainer.gates import GateSettings
@@ -70,8 +76,10 @@ from inspectloop.v1.monitor_pb2 import RETRAIN_REASON_MANUAL, RetrainRequest
 from inspectloop.v1.rollout_pb2 import ROLLOUT_PHASE_PRODUCTION, RolloutPhase
 
 MODEL = "label-inspector"
-# The story's registry account (role service), known to both plants' registries.
+# The story's registry accounts, known to both plants' registries: the pipeline's services
+# (role service), and the plant's quality department, who uploads the challenge kits.
 TOKEN = "ilr_" + "demo" * 10
+QUALITY_TOKEN = "ilr_" + "qual" * 10
 SCENARIO = Path(__file__).parents[1] / "simulator" / "scenarios" / "plant-story.yaml"
 INITIAL_REQUEST = "demo-initial-model"
 WORK_DIR_MARKER = ".inspectloop-story"
@@ -85,12 +93,14 @@ class DemoConfig:
     work: Path
     scenario: Path = SCENARIO
     reference_images: int = 3000
-    # Renders of the scope's label design with synthesised defects, per training (and as many
-    # at subtle severities).
-    synthesised_images: int = 300
     epochs: int = 20
     fine_tune_epochs: int = 8
-    width_multiplier: float = 0.5
+    # The plant's current model of design A (demo/foundation/, see devtools/foundation.py):
+    # every training of the story starts from it or from its own descendants.
+    initial_weights: Path | None = FOUNDATION_WEIGHTS
+    width_multiplier: float = 1.0
+    # Units of every class in each label design's seeded-defect kit (the challenge set).
+    challenge_per_class: int = 10
     analysis_interval_s: float = 10.0
     sample_every_s: float = 5.0
     # The lines keep running this long once line 1 is back in auto on the new model: the false
@@ -100,21 +110,16 @@ class DemoConfig:
     # "first-model": stop once the first model serves every line (a smoke run of the whole
     # set-up: services, first training, rollout), "story": play the whole story.
     until: Literal["story", "first-model"] = "story"
-    # The gates at this scale (a half-width CNN, two minutes of training on two cores), far
-    # below production's (99.7% accuracy, 95% recall per class), which need the full-scale
-    # recipe of benchmarks/train.py (about ten minutes per training here).
+    # Still below production's gates (trainer/gates.py: 99.7% accuracy, 99% recall per class,
+    # escapes and false rejects each <= 0.3%): a known defect (issue 24), not a setting. With
+    # production's gates the first model, fine-tuned from the foundation, was rejected for one
+    # escape of 305 defective held-out units (0.33%) and one ink smudge of 38 (2026-12-06); the
+    # redesign's model cannot yet hold 99% class-exact recall on ten units per class.
     gates: GateSettings = field(
         default_factory=lambda: GateSettings(
             min_accuracy=0.85,
             min_recall_per_class=0.2,
-            # Subtle ink smudges are what this short training learns last: its fine-tuned
-            # model lands near 20% on them (18.4% and 27.8% seen), so 20% would reject it by
-            # chance. The other classes and the accuracy gate still catch a broken model.
             recall_overrides={"ink_smudge": 0.1},
-            # The validation split has about 264 good images: 1% is two of them, and the
-            # story's models land at two or three (v1 0.85%, a retrained v2 1.14%), so 1%
-            # rejected one by chance. 1.5% (three) is the bound the e2e test holds the
-            # recovered line to.
             max_false_reject_rate=0.015,
             max_escape_rate=0.2,
             max_golden_regressions=4,
@@ -143,6 +148,84 @@ def seed_dataset(config: DemoConfig, scenario: Scenario, echo: Callable[[str], N
             overwrite=True,
         )
     return reference
+
+
+def upload_challenge_kits(
+    config: DemoConfig, scenario: Scenario, registry_url: str, echo: Callable[[str], None]
+) -> None:
+    """The plant's quality department qualifies each label design it runs or will run (A, and
+    the coming redesign): a seeded-defect kit of ``challenge_per_class`` units per class of the
+    products the design carries, imaged on the line (the simulator stands in for the camera),
+    uploaded to the registry."""
+    products = design_products(scenario)
+    registry = RegistryClient(registry_url, QUALITY_TOKEN)
+    try:
+        for index, (design, skus) in enumerate(sorted(products.items())):
+            kit = config.work / "challenge-kits" / f"design-{design}"
+            if not kit.is_dir():
+                _render_kit(
+                    kit,
+                    design,
+                    skus,
+                    per_class=config.challenge_per_class,
+                    size=scenario.image_size,
+                    seed=7000 + index,
+                )
+            result = registry.upload_dataset(
+                kit,
+                name=f"challenge-{design.lower()}",
+                kind="challenge",
+                label_design=design,
+                description=f"seeded-defect kit of design {design}, "
+                f"{config.challenge_per_class} units per class",
+            )
+            echo(
+                f"challenge kit of design {design}: {result.version.item_count} units, "
+                f"dataset {result.version.name} v{result.version.version}"
+            )
+    finally:
+        registry.close()
+
+
+def design_products(scenario: Scenario) -> dict[str, list[str]]:
+    """The SKUs each label design carries at some point of the scenario: a kit qualifies the
+    products printed on the design, as a quality department qualifies each artwork it runs (a
+    SKU that never carries the design is another appearance, one no line will show)."""
+    state: dict[str, tuple[str, str]] = {
+        spec.id: (spec.sku, spec.design) for spec in scenario.lines
+    }
+    products = {(sku, design) for sku, design in state.values()}
+    for event in sorted(scenario.events, key=lambda e: e.at_s):
+        sku, design = state.get(event.line, ("", ""))
+        state[event.line] = (event.change.sku or sku, event.change.design or design)
+        products.add(state[event.line])
+    by_design: dict[str, set[str]] = {}
+    for sku, design in products:
+        if sku and design:
+            by_design.setdefault(design, set()).add(sku)
+    return {design: sorted(skus) for design, skus in by_design.items()}
+
+
+def _render_kit(
+    directory: Path, design: str, skus: list[str], *, per_class: int, size: int, seed: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    staging = directory.with_name(directory.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    for label in LABEL_CLASSES:
+        (staging / label).mkdir(parents=True)
+        for i in range(per_class):
+            image, _ = render_label(
+                skus[i % len(skus)],
+                design,  # type: ignore[arg-type]
+                "gs1-dm",
+                rng=rng,
+                defect=None if label == GOOD else label,  # type: ignore[arg-type]
+                severity=float(rng.uniform(0.3, 1.0)),
+                size=size,
+            )
+            (staging / label / f"{i:03d}.png").write_bytes(encode_png(image))
+    staging.rename(directory)
 
 
 def fresh_work_dir(work: Path) -> None:
@@ -190,10 +273,8 @@ def trainer_section(
         width_multiplier=config.width_multiplier,
         reference_datasets=(reference,),
         golden_dataset=reference,
-        synthesised_images=config.synthesised_images,
-        synthesised_subtle_images=config.synthesised_images,
-        synthesis_subtle_severity=0.5,
         reference_replay=config.reference_images,
+        initial_weights=config.initial_weights,
         registry_url=registry_url,
         work_dir=config.work / "trainer",
         gates=config.gates,
@@ -548,7 +629,7 @@ def _train_first_model(story: _Story, lines: list[str], deadline: float) -> str:
         ),
         event_id=INITIAL_REQUEST,
     )
-    triton = TritonModels(TritonSettings(url=plant.triton_url))
+    triton = TritonScorer(TritonSettings(url=plant.triton_url))
 
     def first_model_served() -> bool:
         rejected = [m for m in recorder.timeline.marks if " rejected " in m.text]

@@ -1,0 +1,1 @@
+"""A label design from outside the product: drawn by an independent generator (``labels``)."""
