@@ -740,6 +740,9 @@ def print_headline(timeline: Timeline, report: Path, echo: Callable[[str], None]
                 echo(f"  {summary.line}: {auto_escapes} defective units passed in auto unreviewed")
             if summary.final_mode != "auto":
                 echo(f"  {summary.line} ends the run in {summary.final_mode}, not auto")
+                last = last_mode_change(timeline, summary.line)
+                if last is not None:
+                    echo(f"    since {last.t:.0f} s: {last.text}")
         if not h.completed:
             echo("  the story did NOT complete")
         verdict = (
@@ -749,6 +752,12 @@ def print_headline(timeline: Timeline, report: Path, echo: Callable[[str], None]
         )
         echo(f"the story: {verdict}")
     echo(f"report: {report}")
+
+
+def last_mode_change(timeline: Timeline, line: str) -> Mark | None:
+    """The line's last mode change (its mode and the monitor's reason), if it had any."""
+    changes = [m for m in timeline.marks if m.kind == "mode" and m.line == line]
+    return changes[-1] if changes else None
 
 
 def _run_lines(simulator: LineSimulator, stop: threading.Event, recorder: Recorder) -> None:
