@@ -15,6 +15,7 @@ import functools
 import json
 import queue
 import tarfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ from inspectloop.core.onnx_contract import (
     INPUT_NAME,
     OUTPUT_ANOMALY_SCORE,
     OUTPUT_NAMES,
+    ort_session,
     read_metadata,
     run_onnx,
     sha256_file,
@@ -275,6 +277,29 @@ def test_latency_of_the_exported_model(packaged: object) -> None:
     stats = measure_latency(packaged.onnx_path, runs=30, warmup=5, threads=1)
     assert 0 < stats.p50_ms <= stats.p95_ms
     assert stats.threads == 1 and stats.batch == 1 and stats.runs == 30
+    assert stats.clock == "cpu"
+    pooled = measure_latency(packaged.onnx_path, runs=30, warmup=5, threads=2)
+    assert pooled.threads == 2 and pooled.clock == "wall"
+
+
+def test_one_thread_latency_is_the_calling_threads_own_work(packaged: object) -> None:
+    """The gate's CPU clock only means something if ONNX Runtime computes on the calling
+    thread with one intra-op thread: then that thread's CPU time is most of the wall time of
+    an inference (were the work on a pool, the caller's CPU time would be near zero)."""
+    from inspectloop.trainer.packaging import PackageResult  # noqa: PLC0415
+
+    assert isinstance(packaged, PackageResult)
+    session = ort_session(packaged.onnx_path, 1)
+    size = int(session.get_inputs()[0].shape[1])
+    feed = {INPUT_NAME: np.zeros((1, size, size, 3), np.uint8)}
+    session.run(None, feed)
+    cpu, wall = [], []
+    for _ in range(30):
+        cpu_start, wall_start = time.thread_time_ns(), time.perf_counter_ns()
+        session.run(None, feed)
+        cpu.append(time.thread_time_ns() - cpu_start)
+        wall.append(time.perf_counter_ns() - wall_start)
+    assert np.median(cpu) >= 0.3 * np.median(wall), (np.median(cpu), np.median(wall))
 
 
 def _put(

@@ -281,8 +281,7 @@ def render_report(
         summary.append(
             (
                 "CPU latency",
-                f"p50 {latency.p50_ms:.2f} ms, p95 {latency.p95_ms:.2f} ms (batch "
-                f"{latency.batch}, {latency.threads} thread(s), {latency.runs} runs)",
+                f"p50 {latency.p50_ms:.2f} ms, p95 {latency.p95_ms:.2f} ms ({latency.describe()})",
             )
         )
     context = {
