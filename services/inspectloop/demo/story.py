@@ -344,6 +344,7 @@ class Recorder:
         self.routing = RoutingTable(MODEL, "")
         self.modes: dict[str, str] = {}
         self.rollout_phases: dict[tuple[str, str], int] = {}  # (version, line) -> phase
+        self.rejected: dict[str, str] = {}  # version -> its gates' rejection reasons
         self._lock = threading.Lock()
 
     def now(self) -> float:
@@ -385,6 +386,8 @@ class Recorder:
             stage = ModelStage.Name(m.stage).removeprefix("MODEL_STAGE_").lower()
             metrics = ", ".join(f"{k} {v:.4f}" for k, v in sorted(m.metrics.items())[:4])
             reasons = "; ".join(m.rejection_reasons)[:200]
+            if m.stage == ModelStage.MODEL_STAGE_REJECTED:
+                self.rejected[m.version] = "; ".join(m.rejection_reasons)
             self.mark(
                 ",".join(m.scope.lines),
                 "model_version",
@@ -672,6 +675,17 @@ def _run(story: _Story, config: DemoConfig, echo: Callable[[str], None]) -> tupl
         while time.monotonic() < deadline:
             recorder.sample(story.truth, read_drift(plant.monitor_metrics_url))
             echo(_status_line(recorder, lines))
+            rejected = {v: why for v, why in recorder.rejected.items() if v != first}
+            if recovered_at is None and rejected:
+                # The monitor asks for one retrain per episode: nothing will replace a rejected
+                # candidate, and the line stays under human review. Waiting for the deadline
+                # would only add reviews to the same outcome.
+                version, why = next(iter(rejected.items()))
+                echo(
+                    f"v{version} was rejected by its gates ({why}); {line} stays in "
+                    f"{recorder.mode(line)} under human review: the story ends here"
+                )
+                break
             if recovered_at is None and line and recorder.story_done(line, first):
                 echo(
                     f"{line} is back in auto on the new model; the lines run "
