@@ -22,6 +22,8 @@ from typing import Annotated, Final, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
+from inspectloop.core.taxonomy import INSPECTION_CLASSES
+
 __all__ = [
     "DATASET_NAME_PATTERN",
     "DEFAULT_CHALLENGE_CLASSES",
@@ -53,17 +55,7 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _FILENAME_FORBIDDEN = re.compile(r"[/\\\x00-\x1f\x7f]")
 
 #: The defect classes of a challenge set unless the request names its own.
-DEFAULT_CHALLENGE_CLASSES: Final = (
-    "good",
-    "ink_smudge",
-    "missing_print",
-    "misregistration",
-    "wrong_text",
-    "torn_label",
-    "contamination",
-    "skewed_label",
-    "damaged_code",
-)
+DEFAULT_CHALLENGE_CLASSES: Final = INSPECTION_CLASSES
 
 ImageMediaType = Literal["image/png", "image/jpeg"]
 IMAGE_MEDIA_TYPES: Final[tuple[ImageMediaType, ...]] = ("image/png", "image/jpeg")

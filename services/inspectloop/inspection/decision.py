@@ -27,6 +27,7 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 
+from inspectloop.core.taxonomy import GOOD_CLASS
 from inspectloop.inspection.settings import DecisionSettings
 from inspectloop.v1.common_pb2 import (
     DECISION_PASS,
@@ -51,7 +52,6 @@ from inspectloop.v1.inspect_service_pb2 import InspectResponse
 from inspectloop.v1.inspection_pb2 import InspectionEvent
 from inspectloop.v1.monitor_pb2 import LineModeChanged
 
-GOOD = "good"
 MODE_NAMES = {LINE_MODE_AUTO: "auto", LINE_MODE_GUARDED: "guarded", LINE_MODE_MANUAL: "manual"}
 _INSPECTION_NAMESPACE = uuid.UUID("0d5f2b8e-8c1e-4c4b-9a57-6f0f3c1e2a90")
 
@@ -109,7 +109,9 @@ def anomalous(pred: Prediction) -> bool:
 def decision_of(pred: Prediction) -> Decision:
     """Pass when the most likely class is ``good`` and the anomaly detector does not flag the
     unit; reject otherwise."""
-    return DECISION_PASS if pred.top_class == GOOD and not anomalous(pred) else DECISION_REJECT
+    return (
+        DECISION_PASS if pred.top_class == GOOD_CLASS and not anomalous(pred) else DECISION_REJECT
+    )
 
 
 def audit_draw(request_id: str) -> float:
@@ -164,7 +166,7 @@ def _guarded(pred: Prediction, settings: DecisionSettings, draw: float) -> Revie
 
 def _auto(pred: Prediction, settings: DecisionSettings) -> Review:
     low = settings.low_confidence_threshold
-    if decision_of(pred) == DECISION_REJECT and pred.top_class == GOOD:
+    if decision_of(pred) == DECISION_REJECT and pred.top_class == GOOD_CLASS:
         return Review(
             True,
             REVIEW_REASON_ANOMALY,

@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 
+from inspectloop.core.taxonomy import GOOD_CLASS
 from inspectloop.trainer.data import ImageSet, InspectionDataset
-from inspectloop.trainer.model import GOOD_CLASS
 
 logger = logging.getLogger(__name__)
 

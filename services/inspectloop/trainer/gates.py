@@ -40,13 +40,12 @@ from pydantic import Field
 
 from inspectloop.core.onnx_contract import INPUT_NAME, ort_session, read_metadata
 from inspectloop.core.settings import Section
+from inspectloop.core.taxonomy import GOOD_CLASS
 
 if TYPE_CHECKING:
     from inspectloop.trainer.fit import Metrics
     from inspectloop.trainer.model import InspectionCNN
     from inspectloop.v1 import models_pb2
-
-GOOD_CLASS = "good"  # the pass class (as in trainer.model), not a defect class
 
 
 class GateSettings(Section):

@@ -51,20 +51,10 @@ import numpy.typing as npt
 import torch
 from torch import Tensor, nn
 
-DEFAULT_CLASSES: tuple[str, ...] = (
-    "good",
-    "ink_smudge",
-    "missing_print",
-    "misregistration",
-    "wrong_text",
-    "torn_label",
-    "contamination",
-    "skewed_label",
-    "damaged_code",
-)
-"""``good`` first, then the simulator's defect classes, in its order."""
+from inspectloop.core.taxonomy import GOOD_CLASS, INSPECTION_CLASSES
 
-GOOD_CLASS = "good"
+DEFAULT_CLASSES: tuple[str, ...] = INSPECTION_CLASSES
+"""``good`` first, then the defect classes (``core.taxonomy``)."""
 
 MEAN: tuple[float, float, float] = (0.61, 0.60, 0.60)
 """Per-channel mean of ``x / 255`` (R, G, B)."""

@@ -28,7 +28,7 @@ import numpy.typing as npt
 from jinja2 import Environment, StrictUndefined
 from PIL import Image
 
-from inspectloop.trainer.model import GOOD_CLASS
+from inspectloop.core.taxonomy import GOOD_CLASS
 
 if TYPE_CHECKING:
     from inspectloop.trainer.acceptance import Acceptance

@@ -43,6 +43,7 @@ from PIL import Image, UnidentifiedImageError
 from inspectloop.core.blobstore import BlobStore
 from inspectloop.core.errors import ConfigError, PermanentError
 from inspectloop.core.images import to_model_input
+from inspectloop.core.taxonomy import GOOD_CLASS
 from inspectloop.trainer.data import ImageSet
 from inspectloop.v1.feedback_pb2 import (
     FEEDBACK_VERDICT_CONFIRMED_DEFECT,
@@ -52,7 +53,6 @@ from inspectloop.v1.feedback_pb2 import (
     OperatorFeedback,
 )
 
-GOOD = "good"
 MANIFEST = "manifest.jsonl"
 
 
@@ -60,7 +60,7 @@ def label_from_feedback(feedback: OperatorFeedback, classes: Sequence[str]) -> s
     """The class an operator's verdict gives the image, or None when it gives none we train on
     (a defect the operator could not name, or a class the model does not have)."""
     if feedback.verdict in (FEEDBACK_VERDICT_FALSE_REJECT, FEEDBACK_VERDICT_GOOD_CONFIRMED):
-        return GOOD
+        return GOOD_CLASS
     if feedback.verdict in (FEEDBACK_VERDICT_CONFIRMED_DEFECT, FEEDBACK_VERDICT_ESCAPE_REPORTED):
         return feedback.defect_class if feedback.defect_class in classes else None
     return None

@@ -25,10 +25,10 @@ from PIL import Image
 from inspectloop.core.blobstore import BlobStore
 from inspectloop.core.errors import InspectloopError
 from inspectloop.core.registry_client import RegistryClient
+from inspectloop.core.taxonomy import GOOD_CLASS
 from inspectloop.trainer.data import load_split
 from inspectloop.trainer.settings import TrainerSection
 from inspectloop.trainer.snapshot import (
-    GOOD,
     MANIFEST,
     ChallengeSet,
     LabelledImage,
@@ -81,7 +81,7 @@ class Sources:
         for image in labelled:
             if design is not None and image.label_design != design:
                 continue
-            if (image.label == GOOD) != good or hash_split(image.sha256, splits) != "train":
+            if (image.label == GOOD_CLASS) != good or hash_split(image.sha256, splits) != "train":
                 continue
             try:
                 data = self.blobs.get(image.sha256)
@@ -98,7 +98,7 @@ class Sources:
                 continue
             images = load_split(dataset, "train", cache=False)
             names = images.label_names()
-            chosen = [i for i, n in enumerate(names) if (n == GOOD) == good][:limit]
+            chosen = [i for i, n in enumerate(names) if (n == GOOD_CLASS) == good][:limit]
             out.setdefault(dataset_design(dataset), []).extend(
                 (images.images[i], names[i]) for i in chosen
             )

@@ -47,7 +47,7 @@ import numpy.typing as npt
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from inspectloop.core.datasets import DEFAULT_CHALLENGE_CLASSES
+from inspectloop.core.taxonomy import DEFECT_CLASSES
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +55,6 @@ Image8 = npt.NDArray[np.uint8]
 FloatImage = npt.NDArray[np.float32]
 Mask = npt.NDArray[np.bool_]
 
-# The classes a challenge set holds by default, less "good": one list in production code.
-DEFECT_CLASSES: tuple[str, ...] = tuple(c for c in DEFAULT_CHALLENGE_CLASSES if c != "good")
 SUPERSAMPLE = 4  # defect masks are drawn at this many times the image size, then reduced
 
 
