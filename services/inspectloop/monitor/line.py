@@ -525,6 +525,10 @@ class LineMonitor:
             mode = LINE_MODE_MANUAL
         elif severity == ALERT_SEVERITY_WARNING or self.recovering:
             mode = LINE_MODE_GUARDED
+            # Only a recovering line gets here with no alarm to name.
+            reason = reason or (
+                "every alarm has cleared; guarded while the new model's reference is taken"
+            )
         elif self.evidence is not None and self.evidence.open_classes():
             mode = LINE_MODE_GUARDED
             reason = (
