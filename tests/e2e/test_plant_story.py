@@ -70,7 +70,7 @@ def test_plant_recovers_from_a_label_redesign_without_human_action(tmp_path: Pat
 
     # The claim: v2, trained on what the plant has, passes its gates and decides line 1 at
     # 100%, and the line is back in auto. A v2 its gates rejected is reported as an expected
-    # failure with the reasons (issue 24: the demo's model does not yet pass them every run);
+    # failure with the reasons (issue 24: the redesign's model does not yet pass them);
     # every other way of not recovering fails.
     if stages.get("2") == "rejected":
         verdict = [m.text for m in timeline.marks if m.kind == "model_version" and " v2 " in m.text]
@@ -80,8 +80,8 @@ def test_plant_recovers_from_a_label_redesign_without_human_action(tmp_path: Pat
     assert h.escapes_during_transition == 0
     assert h.seconds_to_new_model_at_100 is not None
     assert h.seconds_to_new_model_at_100 <= GOAL_SECONDS_TO_NEW_MODEL
-    # The goal is 0.3%; the demo's gates are still below production's (issue 24), and this
-    # bound (theirs) catches a recovery onto a broken model, not a model a pharma line can trust.
+    # The goal is 0.3%, which 60 s of traffic (about 500 units) cannot resolve: one false
+    # reject more or less moves it by 0.2%. This bound catches a recovery onto a broken model.
     assert h.inspections_after_recovery >= 200, story_of(timeline)
     assert h.false_reject_rate_after_recovery is not None
     assert h.false_reject_rate_after_recovery <= DEMO_SCALE_FALSE_REJECT_RATE

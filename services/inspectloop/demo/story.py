@@ -110,20 +110,16 @@ class DemoConfig:
     # "first-model": stop once the first model serves every line (a smoke run of the whole
     # set-up: services, first training, rollout), "story": play the whole story.
     until: Literal["story", "first-model"] = "story"
-    # Still below production's gates (trainer/gates.py: 99.7% accuracy, 99% recall per class,
-    # escapes and false rejects each <= 0.3%): a known defect (issue 24), not a setting. With
-    # production's gates the first model, fine-tuned from the foundation, was rejected for one
-    # escape of 305 defective held-out units (0.33%) and one ink smudge of 38 (2026-12-06); the
-    # redesign's model cannot yet hold 99% class-exact recall on ten units per class.
+    # Production's gates (trainer/gates.py: 99.7% accuracy, 99% recall per class, escapes and
+    # false rejects each <= 0.3%, no golden regression, 10 ms), with one named exception, a known
+    # defect (issue 24), not a setting: the first model, fine-tuned from the foundation,
+    # escapes one ink smudge of the 305 defective held-out units of design A (0.33%, ink smudge
+    # recall 37/38), so the escape gate allows 0.4% and ink smudges 97% recall. Nothing else is
+    # lowered: a redesign's candidate that lets more through is rejected, and its line stays
+    # under human review.
     gates: GateSettings = field(
         default_factory=lambda: GateSettings(
-            min_accuracy=0.85,
-            min_recall_per_class=0.2,
-            recall_overrides={"ink_smudge": 0.1},
-            max_false_reject_rate=0.015,
-            max_escape_rate=0.2,
-            max_golden_regressions=4,
-            latency_runs=20,
+            max_escape_rate=0.004, recall_overrides={"ink_smudge": 0.97}
         )
     )
 
