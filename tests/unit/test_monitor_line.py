@@ -30,7 +30,9 @@ from inspectloop.v1.common_pb2 import (
 )
 from inspectloop.v1.feedback_pb2 import (
     FEEDBACK_VERDICT_CONFIRMED_DEFECT,
+    FEEDBACK_VERDICT_ESCAPE_REPORTED,
     FEEDBACK_VERDICT_FALSE_REJECT,
+    FEEDBACK_VERDICT_GOOD_CONFIRMED,
     FeedbackVerdict,
     OperatorFeedback,
 )
@@ -257,6 +259,22 @@ def test_a_new_stable_model_is_guarded_until_its_reference_is_taken(
     assert line.monitor.mode == LINE_MODE_AUTO
     assert [m.new_mode for m in line.of(LineModeChanged)] == [LINE_MODE_GUARDED, LINE_MODE_AUTO]
     assert [m.generation for m in line.of(LineModeChanged)] == [1, 2]
+
+
+def test_a_new_model_whose_escape_alarm_clears_goes_back_to_guarded_and_says_why(
+    warmed: dict,  # type: ignore[type-arg]
+) -> None:
+    line = resume(warmed, seed=8)
+    line.version = "2"
+    passes = line.run(20, Appearance(reject_rate=0.0))
+    line.review(passes[:1], FEEDBACK_VERDICT_ESCAPE_REPORTED)  # 1 of 20 passes: alarm
+    assert line.monitor.mode == LINE_MODE_MANUAL
+    more = line.run(300, Appearance(reject_rate=0.0))  # still short of the new reference
+    line.review(more[-1:], FEEDBACK_VERDICT_GOOD_CONFIRMED)  # 1 of 320: the alarm clears
+    assert line.monitor.mode == LINE_MODE_GUARDED
+    changes = line.of(LineModeChanged)
+    assert [m.new_mode for m in changes] == [LINE_MODE_GUARDED, LINE_MODE_MANUAL, LINE_MODE_GUARDED]
+    assert "reference is taken" in changes[-1].reason, changes[-1].reason
 
 
 def test_a_changeover_guards_the_line_and_retrains_on_its_labels(
