@@ -16,9 +16,9 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import ColumnElement, Engine, func, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, selectinload
 
@@ -522,20 +522,16 @@ class RegistryStore:
         """
         request_sha = sha256_text(canonical_json(body.model_dump(mode="json")))
         with self._write() as session:
-            if idempotency_key is not None:
-                existing = session.scalar(
-                    select(db.VersionRow).where(
-                        db.VersionRow.model_name == name,
-                        db.VersionRow.idempotency_key == idempotency_key,
-                    )
-                )
-                if existing is not None:
-                    if existing.request_sha256 != request_sha:
-                        raise ConflictError(
-                            f"Idempotency-Key {idempotency_key!r} was used for version "
-                            f"{existing.version} with a different body"
-                        )
-                    return self._version_out(session, existing), False
+            existing = _earlier_request(
+                session,
+                db.VersionRow,
+                db.VersionRow.model_name == name,
+                idempotency_key,
+                request_sha,
+                f"model {name!r}",
+            )
+            if existing is not None:
+                return self._version_out(session, existing), False
             parent = body.lineage.parent_version
             if parent is not None and self._find(session, name, parent) is None:
                 raise InvalidError(
@@ -984,20 +980,16 @@ class RegistryStore:
         key = body.idempotency_key
         with self._write() as session:
             dataset = session.get(db.DatasetRow, name)
-            if key is not None:
-                existing = session.scalar(
-                    select(db.DatasetVersionRow).where(
-                        db.DatasetVersionRow.dataset_name == name,
-                        db.DatasetVersionRow.idempotency_key == key,
-                    )
-                )
-                if existing is not None:
-                    if existing.request_sha256 != request_sha:
-                        raise ConflictError(
-                            f"idempotency_key {key!r} was used for version {existing.version} "
-                            f"of dataset {name!r} with a different body"
-                        )
-                    return self._dataset_version_out(session, existing), False
+            existing = _earlier_request(
+                session,
+                db.DatasetVersionRow,
+                db.DatasetVersionRow.dataset_name == name,
+                key,
+                request_sha,
+                f"dataset {name!r}",
+            )
+            if existing is not None:
+                return self._dataset_version_out(session, existing), False
             if dataset is not None and (
                 dataset.kind != kind.value or dataset.label_design != body.label_design
             ):
@@ -1267,3 +1259,27 @@ class RegistryStore:
                 )
             )
         return Stage(row) if row is not None else None
+
+
+_Versioned = TypeVar("_Versioned", db.VersionRow, db.DatasetVersionRow)
+
+
+def _earlier_request(  # noqa: PLR0917 -- private, called with the caller's arguments in order
+    session: Session,
+    row: type[_Versioned],
+    owner: ColumnElement[bool],
+    key: str | None,
+    request_sha: str,
+    what: str,
+) -> _Versioned | None:
+    """The version an earlier request with idempotency key ``key`` created under ``owner``, or
+    None; the same key with another body is a conflict."""
+    if key is None:
+        return None
+    existing = session.scalar(select(row).where(owner, row.idempotency_key == key))
+    if existing is not None and existing.request_sha256 != request_sha:
+        raise ConflictError(
+            f"idempotency key {key!r} was used for version {existing.version} of {what} "
+            "with a different body"
+        )
+    return existing
