@@ -22,9 +22,10 @@ float.
 Triton entries (``<repo>/<name>/config.pbtxt`` + ``<repo>/<name>/<version>/...``):
 
 * ``onnxruntime`` backend (``platform: "onnxruntime_onnx"``): NVIDIA's Triton image in production.
-* ``python`` backend: a ``model.py`` that runs the ``model.onnx`` beside it with onnxruntime and
-  serves exactly the same inputs and outputs; it is what runs on the Triton 2.51 binary from the
-  ``nvidia-pytriton`` wheel here (which ships only the Python backend).
+* ``python`` backend: ``triton_python/model.py`` (copied in as ``model.py``), which runs the
+  ``model.onnx`` beside it with onnxruntime and serves exactly the same inputs and outputs; it
+  is what runs on the Triton 2.51 binary from the ``nvidia-pytriton`` wheel here (which ships
+  only the Python backend).
 
 Both configs come from :func:`triton_config` with the backend as a parameter, batch dimension
 implicit (``max_batch_size`` > 0), dynamic batching, CPU instances, and
@@ -675,68 +676,9 @@ def triton_config(
     )
 
 
-TRITON_PYTHON_MODEL = '''\
-"""inspectloop: serves the ONNX model beside this file with onnxruntime (Triton Python backend).
-
-Same inputs, outputs, dims and data types as the ONNX Runtime backend entry of this model.
-Requests batched by Triton's dynamic batcher are concatenated into one onnxruntime call.
-"""
-
-import json
-from pathlib import Path
-
-import numpy as np
-import onnxruntime as ort
-import triton_python_backend_utils as pb_utils
-
-
-class TritonPythonModel:
-    def initialize(self, args):
-        config = json.loads(args["model_config"])
-        parameters = config.get("parameters", {})
-
-        def parameter(key, default):
-            return int(parameters.get(key, {}).get("string_value", default))
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = parameter("intra_op_thread_count", 1)
-        options.inter_op_num_threads = parameter("inter_op_thread_count", 1)
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        path = Path(__file__).with_name("model.onnx")
-        self.session = ort.InferenceSession(
-            str(path), sess_options=options, providers=["CPUExecutionProvider"]
-        )
-        self.input_name = config["input"][0]["name"]
-        self.output_names = [output["name"] for output in config["output"]]
-        available = {output.name for output in self.session.get_outputs()}
-        missing = sorted(set(self.output_names) - available)
-        if missing:
-            raise pb_utils.TritonModelException(f"{path} lacks outputs {missing}")
-
-    def execute(self, requests):
-        batches = [
-            pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy()
-            for request in requests
-        ]
-        outputs = self.session.run(
-            self.output_names, {self.input_name: np.ascontiguousarray(np.concatenate(batches))}
-        )
-        responses = []
-        start = 0
-        for batch in batches:
-            stop = start + len(batch)
-            tensors = [
-                pb_utils.Tensor(name, np.ascontiguousarray(value[start:stop], dtype=np.float32))
-                for name, value in zip(self.output_names, outputs)
-            ]
-            responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
-            start = stop
-        return responses
-
-    def finalize(self):
-        self.session = None
-'''
+# The Triton Python backend's model: a real module, linted and type-checked with the package,
+# copied beside model.onnx in every python-backend entry (it runs inside Triton's stub).
+TRITON_PYTHON_MODEL = Path(__file__).with_name("triton_python") / "model.py"
 
 
 def _write_triton_entry(
@@ -757,7 +699,7 @@ def _write_triton_entry(
     version_dir.mkdir(parents=True)
     shutil.copyfile(onnx_path, version_dir / ONNX_FILENAME)
     if backend == "python":
-        (version_dir / "model.py").write_text(TRITON_PYTHON_MODEL, encoding="utf-8")
+        shutil.copyfile(TRITON_PYTHON_MODEL, version_dir / "model.py")
     text = triton_config(model_name, spec, backend, **config)
     (model_dir / "config.pbtxt").write_text(text, encoding="utf-8")
     return model_dir
