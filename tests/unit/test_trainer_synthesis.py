@@ -13,9 +13,9 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from inspectloop.core.taxonomy import DEFECT_CLASSES
 from inspectloop.simulator.render import render_label
 from inspectloop.trainer.synthesis import (
-    DEFECT_CLASSES,
     DesignStatistics,
     SynthesisPlan,
     defect_region,
