@@ -277,6 +277,23 @@ def test_a_new_model_whose_escape_alarm_clears_goes_back_to_guarded_and_says_why
     assert "reference is taken" in changes[-1].reason, changes[-1].reason
 
 
+def test_redelivered_inspections_and_verdicts_change_no_statistic(
+    warmed: dict,  # type: ignore[type-arg]
+) -> None:
+    line = resume(warmed, seed=9)
+    events = line.run(120, Appearance(shift=1.0, reject_rate=0.2))
+    rejects = [e for e in events if e.decision == DECISION_REJECT]
+    line.review(rejects[:10], FEEDBACK_VERDICT_FALSE_REJECT)
+    before = json.dumps(line.monitor.to_state(), sort_keys=True)
+    outputs = len(line.outputs)
+    for event in events:  # the same events again, as a retry or a redelivery brings them
+        out, used = line.monitor.on_inspection(event, f"again-{event.inspection_id}", line.now)
+        assert out == [] and not used
+    line.review(rejects[:10], FEEDBACK_VERDICT_FALSE_REJECT)
+    assert json.dumps(line.monitor.to_state(), sort_keys=True) == before
+    assert len(line.outputs) == outputs
+
+
 def test_a_changeover_guards_the_line_and_retrains_on_its_labels(
     warmed: dict,  # type: ignore[type-arg]
 ) -> None:

@@ -215,6 +215,10 @@ class LineMonitor:
             outputs += self._new_model(model, event_id, now)
         if self.model is None or not self._is_current(model):
             return outputs, False  # a canary's or an old version's decision: not this reference
+        if inspection.inspection_id and inspection.inspection_id in self.quality:
+            # A retried request's inspection (its id is derived from the line's request id),
+            # or a redelivered event: counted once, while it is among the recent inspections.
+            return outputs, False
         features, stats = _observation(inspection)
         rejected = inspection.decision == DECISION_REJECT
         confidence = float(inspection.prediction.confidence)
