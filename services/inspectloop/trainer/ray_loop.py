@@ -128,7 +128,7 @@ def train_loop_per_worker(raw_config: dict[str, Any]) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
-            resume = torch.load(Path(directory) / CHECKPOINT_FILE, weights_only=False)
+            resume = torch.load(Path(directory) / CHECKPOINT_FILE, weights_only=True)
         log.info("worker %d resumes after epoch %d", rank, resume["epoch"])
     resumed_from = int(resume["epoch"]) if resume else 0
 
@@ -225,7 +225,7 @@ def run_training(config: TrainingConfig) -> TrainingResult:
     out_dir = Path(storage) / config.run_name
     out_dir.mkdir(parents=True, exist_ok=True)
     with result.checkpoint.as_directory() as directory:
-        state = torch.load(Path(directory) / CHECKPOINT_FILE, weights_only=False)
+        state = torch.load(Path(directory) / CHECKPOINT_FILE, weights_only=True)
     model: InspectionCNN = build_model(ModelSpec.from_dict(config.spec))
     # Strip DDP's "module." prefix: the weights are those of the plain module.
     weights = {k.removeprefix("module."): v for k, v in state["model"].items()}
