@@ -381,13 +381,13 @@ class Recorder:
         elif event.topic == MODELS.name:
             stage = ModelStage.Name(m.stage).removeprefix("MODEL_STAGE_").lower()
             metrics = ", ".join(f"{k} {v:.4f}" for k, v in sorted(m.metrics.items())[:4])
-            reasons = "; ".join(m.rejection_reasons)[:200]
+            reasons = "; ".join(m.rejection_reasons)
             if m.stage == ModelStage.MODEL_STAGE_REJECTED:
-                self.rejected[m.version] = "; ".join(m.rejection_reasons)
+                self.rejected[m.version] = reasons
             self.mark(
                 ",".join(m.scope.lines),
                 "model_version",
-                f"{m.name} v{m.version} {stage} ({metrics}) {reasons}",
+                f"{m.name} v{m.version} {stage} ({metrics}) {reasons[:200]}",
             )
         elif event.topic == ROLLOUTS.name:
             for line in m.lines:
