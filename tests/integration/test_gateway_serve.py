@@ -4,7 +4,9 @@ on the real Triton and the real Kafka broker."""
 from __future__ import annotations
 
 import base64
+import http.client
 import time
+import urllib.parse
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -177,3 +179,23 @@ def test_openapi_and_metrics(served: GatewaySettings) -> None:
 def test_the_data_dir_is_the_gateways(served: GatewaySettings) -> None:
     blobs = Path(served.data_dir) / "blobs"
     assert any(blobs.rglob("*")), "images were not stored in the blob store"
+
+
+@pytest.mark.parametrize("entry", ["proxy", "direct"])
+def test_an_oversized_body_is_refused_before_it_is_sent(
+    served: GatewaySettings, entry: str
+) -> None:
+    """The 413 comes from the declared length alone: the client sends a gigabyte's headers
+    and no body, and the answer arrives without the server waiting for the body."""
+    url = urllib.parse.urlsplit(api(served, "/v1/inspect/upload", entry))
+    connection = http.client.HTTPConnection(url.hostname or "", url.port, timeout=30)
+    try:
+        connection.putrequest("POST", url.path)
+        connection.putheader("Content-Type", "multipart/form-data; boundary=x")
+        connection.putheader("Content-Length", str(10**9))
+        connection.endheaders()
+        answer = connection.getresponse()
+        assert answer.status == 413
+        assert "over the limit" in answer.read().decode()
+    finally:
+        connection.close()

@@ -26,7 +26,8 @@ import logging
 import os
 from typing import Annotated, Any
 
-from fastapi import FastAPI, File, Form, HTTPException, Response, UploadFile
+from fastapi import FastAPI, File, Form, HTTPException, Request, Response, UploadFile
+from fastapi.responses import JSONResponse
 from google.protobuf import json_format
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, Field
@@ -51,6 +52,25 @@ api = FastAPI(
     "whether an operator must review the part.",
     version="1",
 )
+
+
+# A request body may carry the largest image base64-encoded (4/3) plus its form fields.
+BODY_OVERHEAD_BYTES = 64 * 1024
+
+
+@api.middleware("http")
+async def refuse_oversized_bodies(request: Request, call_next: Any) -> Any:
+    """413 from the declared Content-Length, before the body is read: an upload far over
+    the image limit must not be spooled to the replica's disk first. A body without a length
+    (chunked) is still held to the image limit after it is read."""
+    limit = getattr(request.app.state, "max_body_bytes", None)
+    length = request.headers.get("content-length", "")
+    if limit is not None and length.isdigit() and int(length) > limit:
+        return JSONResponse(
+            status_code=413,
+            content={"detail": f"request body of {length} bytes is over the limit of {limit}"},
+        )
+    return await call_next(request)
 
 
 class InspectBody(BaseModel):
@@ -98,6 +118,7 @@ class GatewayDeployment:
         from inspectloop.inspection.triton import TritonScorer  # noqa: PLC0415
 
         configure_logging(settings.logging, settings.service)
+        api.state.max_body_bytes = settings.gateway.images.max_bytes * 4 // 3 + BODY_OVERHEAD_BYTES
         self.registry = CollectorRegistry()
         bus = build_bus(settings.bus, settings.service, self.registry)
         bus.ensure_topics([*FOLLOWED, *PRODUCED])
