@@ -344,3 +344,38 @@ def test_fit_resumes_where_a_checkpoint_left_off(tiny_dataset: Path) -> None:
     assert [e.epoch for e in history.epochs] == [2]
     expected, got = full.state_dict(), resumed.state_dict()
     assert all(torch.allclose(expected[k].float(), got[k].float(), atol=1e-6) for k in expected)
+
+
+def test_distillation_keeps_the_teachers_answers_on_the_marked_images(
+    tiny_dataset: Path,
+) -> None:
+    images = load_split(tiny_dataset, "train")
+    spec = ModelSpec(input_size=64, width_multiplier=0.5, embedding_dim=16)
+    teacher = build_model(spec, seed=0)
+    fit(teacher, InspectionDataset(images), None, epochs=4, lr=3e-3, seed=1, batch_size=8)
+    # A new task that contradicts the old one on every image: each label moved by one class.
+    shifted = ImageSet(
+        images.images, (images.labels + 1) % len(images.classes), images.classes, images.records
+    )
+    marked = torch.arange(len(images)) % 2 == 0
+    train = InspectionDataset(shifted)
+
+    def divergence_from_teacher(distill: bool) -> float:
+        student = copy.deepcopy(teacher)
+        fit(
+            student, train, None, epochs=4, lr=3e-3, seed=2, batch_size=8,
+            teacher=copy.deepcopy(teacher) if distill else None,
+            distill=marked if distill else None, distill_weight=4.0,
+        )  # fmt: skip
+        with torch.no_grad():
+            x = InspectionDataset(images).batch(torch.arange(len(images)), augment=False)[0]
+            said = torch.log_softmax(student(x[marked]), 1)
+            taught = torch.log_softmax(teacher(x[marked]), 1)
+        return float(
+            torch.nn.functional.kl_div(said, taught, log_target=True, reduction="batchmean")
+        )
+
+    distilled, plain = divergence_from_teacher(True), divergence_from_teacher(False)
+    assert distilled < 0.5 * plain, (distilled, plain)
+    with pytest.raises(ValueError, match="teacher and distill"):
+        fit(teacher, train, None, epochs=1, lr=1e-3, seed=0, teacher=teacher)

@@ -25,7 +25,7 @@ import torch
 from inspectloop.trainer.data import Augment, InspectionDataset, load_split
 from inspectloop.trainer.fit import EpochRecord, TrainState, fit
 from inspectloop.trainer.model import InspectionCNN, ModelSpec, build_model
-from inspectloop.trainer.snapshot import repeat_new_appearance
+from inspectloop.trainer.snapshot import from_reference, repeat_new_appearance
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,7 @@ class TrainingConfig:
     parent_weights: str | None = None  # a state_dict file to fine-tune from
     new_appearance_repeats: int = 1  # see snapshot.repeat_new_appearance
     labelled_repeats: int = 0  # the operator-labelled images' own repeats (the same)
+    distill_weight: float = 0.0  # distillation from parent_weights on reference images (fit)
     progress_dir: str | None = None  # workers write pid and progress files here (observability)
 
     def to_json(self) -> str:
@@ -136,16 +137,17 @@ def train_loop_per_worker(raw_config: dict[str, Any]) -> None:
     # layout fit() trains in is set first, so that DDP's gradient buckets match it.
     model = model.to(memory_format=torch.channels_last)
     model = ray.train.torch.prepare_model(model, move_to_device=config.use_gpu)
-    train = InspectionDataset(
-        repeat_new_appearance(
-            load_split(config.dataset_dir, "train", spec.classes),
-            config.new_appearance_repeats,
-            config.labelled_repeats,
-        ),
-        spec.preprocess,
-        Augment(),
-        config.seed,
+    images = repeat_new_appearance(
+        load_split(config.dataset_dir, "train", spec.classes),
+        config.new_appearance_repeats,
+        config.labelled_repeats,
     )
+    train = InspectionDataset(images, spec.preprocess, Augment(), config.seed)
+    teacher, distill = None, None
+    if config.parent_weights and config.distill_weight > 0:
+        teacher = build_model(spec)
+        teacher.load_state_dict(torch.load(config.parent_weights, weights_only=True))
+        distill = torch.tensor([from_reference(r) for r in images.records])
     val = InspectionDataset(load_split(config.dataset_dir, "val", spec.classes), spec.preprocess)
     progress = Path(config.progress_dir) if config.progress_dir else None
     if progress is not None:
@@ -192,6 +194,9 @@ def train_loop_per_worker(raw_config: dict[str, Any]) -> None:
         resume=resume,
         on_epoch=on_epoch,
         on_step=on_step,
+        teacher=teacher,
+        distill=distill,
+        distill_weight=config.distill_weight or 1.0,
     )
 
 

@@ -362,6 +362,7 @@ class TrainerService:
             parent_weights=str(start_from) if start_from else None,
             new_appearance_repeats=settings.new_appearance_repeats if fine_tuning else 1,
             labelled_repeats=settings.labelled_repeats if new_designs else 0,
+            distill_weight=settings.distill_weight if fine_tuning else 0.0,
             progress_dir=str(self._work / "runs" / run_name / "progress"),
         )
         with watch_progress(Path(config.progress_dir or ""), self._metrics, run_name):
@@ -578,6 +579,7 @@ class TrainerService:
                     "num_workers": config.num_workers,
                     "fine_tuned": config.parent_weights is not None,
                     "started_from": config.parent_weights or "",
+                    "distill_weight": config.distill_weight,
                     "model_spec": spec.to_dict(),
                 },
             },

@@ -171,6 +171,13 @@ class TrainerSection(Section):
         description="Times each operator-labelled image is seen per fine-tuning epoch: the few "
         "hundred real images of a new design weigh against the thousands synthesised from them.",
     )
+    distill_weight: float = Field(
+        default=4.0,
+        ge=0,
+        description="Weight of the distillation from the parent model on the replayed "
+        "reference images while fine-tuning (learning without forgetting): what keeps the "
+        "old design's accuracy while the model learns a new one; 0 turns it off.",
+    )
     synthesis: SynthesisSettings = Field(
         default_factory=SynthesisSettings,
         description="Defects synthesised in image space on good units of a new label design.",
