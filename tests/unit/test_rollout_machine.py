@@ -20,6 +20,7 @@ from inspectloop.rollout.machine import (
     fail,
     step,
 )
+from inspectloop.rollout.settings import RolloutSection
 
 POLICY = Policy(
     step_weights_bps=(1000, 5000), shadow_intervals=2, watch_intervals=2, failure_threshold=2
@@ -216,3 +217,188 @@ def test_status_survives_a_round_trip_through_its_stored_form() -> None:
 def test_the_policy_refuses_bad_step_weights(weights: tuple[int, ...]) -> None:
     with pytest.raises(ValueError, match="weights"):
         Policy(step_weights_bps=weights)
+
+
+# --- a rollout without a verdict, and a paused one -------------------------------------------
+
+DEADLINE = Policy(
+    step_weights_bps=(1000, 5000),
+    shadow_intervals=2,
+    watch_intervals=2,
+    failure_threshold=2,
+    max_undecided_s=100.0,
+)
+SIGNED = Policy(
+    step_weights_bps=(1000, 5000),
+    shadow_intervals=1,
+    watch_intervals=1,
+    failure_threshold=2,
+    approvals_required=frozenset({APPROVE_CANARY, APPROVE_PRODUCTION}),
+    max_undecided_s=100.0,
+)
+
+
+def assert_rolled_back(s: RolloutStatus, acts: list[Action]) -> None:
+    assert s.phase is Phase.ROLLED_BACK and s.terminal
+    assert s.canary_weight_bps == 0
+    assert acts[0] == SetRouting(stable="1")  # traffic first
+    assert stages(acts) == [("2", "rolled_back")]
+    assert [type(a) for a in acts].count(Announce) == 1
+
+
+@pytest.mark.parametrize("phase", [Phase.SHADOW, Phase.CANARY, Phase.PRODUCTION_WATCH])
+def test_an_inconclusive_rollout_rolls_back_at_its_deadline_and_not_before(phase: Phase) -> None:
+    s = status(phase=phase, policy=DEADLINE, canary_weight_bps=1000)
+    s, acts = step(s, analysis(Verdict.INCONCLUSIVE, now=10.0))
+    assert (s.phase, s.undecided_since, acts) == (phase, 10.0, [])
+    s, acts = step(s, analysis(Verdict.INCONCLUSIVE, now=109.0))
+    assert (s.phase, s.undecided_since, acts) == (phase, 10.0, [])  # 99 s: not yet
+    s, acts = step(s, analysis(Verdict.INCONCLUSIVE, now=110.0))
+    assert_rolled_back(s, acts)
+    assert "no verdict for 100s" in s.reason
+    assert "inconclusive: error_rate inconclusive: detail" in s.reason
+    assert next(a for a in acts if isinstance(a, SetStage)).reason == s.reason
+
+
+def test_a_metrics_source_down_past_the_deadline_rolls_back() -> None:
+    s = status(phase=Phase.CANARY, policy=DEADLINE, canary_weight_bps=1000)
+    down = analysis(None, now=10.0, source_error="connection refused")
+    s, acts = step(s, down)
+    assert (s.phase, s.waiting_for, s.undecided_since) == (Phase.CANARY, "metrics", 10.0)
+    assert [type(a) for a in acts] == [Announce]  # the hold, told once
+    s, acts = step(s, analysis(Verdict.INCONCLUSIVE, now=60.0))  # back, but no data yet
+    assert (s.phase, s.waiting_for, s.undecided_since, acts) == (Phase.CANARY, "", 10.0, [])
+    s, acts = step(s, analysis(None, now=109.0, source_error="connection refused"))
+    assert s.phase is Phase.CANARY and s.waiting_for == "metrics"
+    s, acts = step(s, analysis(None, now=110.0, source_error="connection refused"))
+    assert_rolled_back(s, acts)
+    assert "no verdict for 100s" in s.reason
+    assert "metrics source unavailable (connection refused)" in s.reason
+
+
+@pytest.mark.parametrize("verdict", [Verdict.PASS, Verdict.FAIL])
+def test_a_verdict_between_undecided_intervals_starts_the_clock_again(verdict: Verdict) -> None:
+    s = status(phase=Phase.SHADOW, policy=DEADLINE)
+    s, _ = step(s, analysis(Verdict.INCONCLUSIVE, now=10.0))
+    s, _ = step(s, analysis(verdict, now=50.0))
+    assert (s.phase, s.undecided_since) == (Phase.SHADOW, None)
+    s, _ = step(s, analysis(Verdict.INCONCLUSIVE, now=60.0))
+    s, acts = step(s, analysis(Verdict.INCONCLUSIVE, now=150.0))  # 140 s after the first
+    assert (s.phase, s.undecided_since, acts) == (Phase.SHADOW, 60.0, [])
+    s, acts = step(s, analysis(Verdict.INCONCLUSIVE, now=160.0))
+    assert_rolled_back(s, acts)
+
+
+def test_every_phase_starts_its_own_undecided_clock() -> None:
+    s = status(phase=Phase.CANARY, policy=DEADLINE, canary_weight_bps=1000)
+    s, _ = step(s, analysis(Verdict.INCONCLUSIVE, now=10.0))
+    s, _ = step(s, analysis(Verdict.PASS, now=20.0))
+    assert (s.phase, s.step_index, s.undecided_since) == (Phase.CANARY, 1, None)
+
+
+def paused_canary() -> RolloutStatus:
+    """Paused after its last canary step, waiting for approve-production, 50% still routed."""
+    s = status(phase=Phase.CANARY, policy=SIGNED, step_index=1, canary_weight_bps=5000)
+    s, acts = step(s, analysis(Verdict.PASS, now=1.0, approvals=frozenset({APPROVE_CANARY})))
+    assert (s.phase, s.waiting_for, s.resume_phase) == (
+        Phase.PAUSED,
+        APPROVE_PRODUCTION,
+        Phase.PRODUCTION_WATCH,
+    )
+    assert (s.canary_weight_bps, s.analysed_as) == (5000, Phase.CANARY)
+    assert routings(acts) == []
+    return s
+
+
+def test_a_paused_canary_that_fails_is_rolled_back_at_the_failure_threshold() -> None:
+    s, acts = step(paused_canary(), analysis(Verdict.FAIL, now=2.0))
+    assert (s.phase, s.failed_checks) == (Phase.PAUSED, 1)
+    assert [type(a) for a in acts] == [Announce]  # the failure is told, nothing moves
+    assert "waiting for a signature 'approve-production'; analysis failed (1/2)" in s.reason
+    # The signature arriving with the failure at the threshold does not promote it.
+    signed = frozenset({APPROVE_CANARY, APPROVE_PRODUCTION})
+    s, acts = step(s, analysis(Verdict.FAIL, now=3.0, approvals=signed))
+    assert_rolled_back(s, acts)
+    assert s.failed_checks == 2
+    assert "rolled back while paused after 2 failed analysis intervals" in s.reason
+
+
+def test_a_paused_canary_that_passes_resumes_when_signed() -> None:
+    s, _ = step(paused_canary(), analysis(Verdict.FAIL, now=2.0))
+    s, acts = step(s, analysis(Verdict.PASS, now=3.0))
+    assert (s.phase, s.failed_checks, acts) == (Phase.PAUSED, 0, [])
+    assert s.reason == "waiting for a signature 'approve-production'"
+    s, acts = step(s, analysis(Verdict.PASS, now=4.0))
+    assert (s.phase, acts) == (Phase.PAUSED, [])  # passing alone does not resume it
+    signed = frozenset({APPROVE_CANARY, APPROVE_PRODUCTION})
+    s, acts = step(s, analysis(Verdict.PASS, now=5.0, approvals=signed))
+    assert s.phase is Phase.PRODUCTION_WATCH
+    assert stages(acts) == [("2", "production")]
+    assert next(a for a in acts if isinstance(a, SetStage)).approval == APPROVE_PRODUCTION
+    assert routings(acts) == [SetRouting(stable="2", shadows=("1",))]
+
+
+def test_a_failure_below_the_threshold_does_not_stop_the_signature_but_still_counts() -> None:
+    signed = frozenset({APPROVE_CANARY, APPROVE_PRODUCTION})
+    s, acts = step(paused_canary(), analysis(Verdict.FAIL, now=2.0, approvals=signed))
+    assert (s.phase, s.failed_checks) == (Phase.PRODUCTION_WATCH, 1)
+    events = [a for a in acts if isinstance(a, Announce)]
+    assert [e.event_id for e in events] == ["m-v2-1", "m-v2-2"]  # the failure, the promotion
+    s, acts = step(s, analysis(Verdict.FAIL, now=3.0, approvals=signed))
+    assert_rolled_back(s, acts)
+
+
+def test_a_pause_for_a_signature_has_no_undecided_deadline() -> None:
+    s = paused_canary()
+    before = s
+    for now in (10.0, 500.0, 5000.0):
+        s, acts = step(s, analysis(Verdict.INCONCLUSIVE, now=now))
+        assert acts == []
+        s, acts = step(s, analysis(None, now=now + 1, source_error="connection refused"))
+        assert acts == []
+    assert s == before
+    s, _ = step(s, analysis(None, now=6000.0, approvals=frozenset({APPROVE_PRODUCTION})))
+    assert (s.phase, s.undecided_since) == (Phase.PRODUCTION_WATCH, None)
+
+
+def test_a_pause_from_shadow_is_analysed_and_a_first_versions_is_not() -> None:
+    s, _ = step(status(phase=Phase.SHADOW, policy=SIGNED), analysis(Verdict.PASS))
+    assert (s.phase, s.resume_phase, s.analysed_as) == (Phase.PAUSED, Phase.CANARY, Phase.SHADOW)
+    s, _ = run(s, Verdict.FAIL, Verdict.FAIL)
+    assert s.phase is Phase.ROLLED_BACK
+    first = status(phase=Phase.PENDING, policy=SIGNED, stable_version=None)
+    first, _ = step(first, analysis(None))
+    assert (first.phase, first.resume_phase, first.analysed_as) == (
+        Phase.PAUSED,
+        Phase.PRODUCTION,
+        None,
+    )
+    assert step(first, analysis(Verdict.FAIL)) == (first, [])
+
+
+def test_a_status_stored_before_the_undecided_deadline_still_loads() -> None:
+    s = status(phase=Phase.CANARY, canary_weight_bps=1000, failed_checks=1)
+    old = s.to_dict()
+    del old["undecided_since"]
+    del old["policy"]["max_undecided_s"]
+    loaded = RolloutStatus.from_dict(old)
+    assert loaded == s
+    assert (loaded.undecided_since, loaded.policy.max_undecided_s) == (None, 3600.0)
+    # And it goes on as any other: an inconclusive interval starts its clock.
+    loaded, acts = step(loaded, analysis(Verdict.INCONCLUSIVE, now=7.0))
+    assert (loaded.phase, loaded.undecided_since, acts) == (Phase.CANARY, 7.0, [])
+    undecided = status(phase=Phase.CANARY, policy=DEADLINE, undecided_since=12.5)
+    assert RolloutStatus.from_dict(undecided.to_dict()) == undecided
+
+
+@pytest.mark.parametrize("seconds", [0.0, -1.0, float("nan")])
+def test_the_policy_refuses_a_deadline_that_is_not_positive(seconds: float) -> None:
+    with pytest.raises(ValueError, match="max_undecided_s"):
+        Policy(max_undecided_s=seconds)
+
+
+def test_the_deadline_is_a_rollout_setting() -> None:
+    assert RolloutSection().policy().max_undecided_s == 3600.0
+    assert RolloutSection(max_undecided_s=900).policy().max_undecided_s == 900.0
+    with pytest.raises(ValueError, match="max_undecided_s"):
+        RolloutSection(max_undecided_s=0)

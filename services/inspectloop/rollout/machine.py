@@ -14,10 +14,19 @@ One rollout moves one validated version of a model onto its lines::
   rollback is a routing change, until ``watch_intervals`` more intervals pass (label-delayed
   quality arrives in this time).
 - A failed analysis counts; ``failure_threshold`` consecutive failures roll back. An inconclusive
-  one (no data, labels not in yet) counts neither way: no data is never a pass. A metrics
-  source that cannot be reached holds the rollout where it is.
+  one (no data, labels not in yet) neither counts as a failure nor moves the rollout on: no data
+  is never a pass. A metrics source that cannot be reached holds the rollout where it is
+  (announced once). Neither lasts forever: a rollout without a verdict (inconclusive or no
+  source) for ``max_undecided_s`` since its last PASS or FAIL is rolled back, with the reason it
+  had none, so that a candidate nobody can judge does not keep a share of the traffic for good.
 - **paused**: waiting for an electronic signature (``approve-canary``, ``approve-production``)
-  that the policy requires; the rollout resumes when the registry holds a valid one.
+  that the policy requires; the rollout resumes when the registry holds a valid one. A pause from
+  shadow or from the canary leaves the candidate routed (as a shadow, or deciding its last step's
+  share), so it goes on being analysed every interval as the phase it paused in: failures count
+  and roll it back at the threshold, a pass clears them, and a signature resumes it unless that
+  interval's failure reached the threshold. The undecided deadline does not run while paused:
+  the rollout waits for people, not for data. A line's first version pauses with nothing routed
+  and nothing to compare with, so nothing is analysed.
 
 Everything here is data in, data out: the controller gathers the analysis, calls ``step``,
 carries out the actions, then persists the new status. That order makes a restart safe: actions
@@ -55,6 +64,9 @@ class Phase(StrEnum):
 
 TERMINAL_PHASES = frozenset({Phase.PRODUCTION, Phase.ROLLED_BACK, Phase.FAILED})
 ANALYSED_PHASES = frozenset({Phase.SHADOW, Phase.CANARY, Phase.PRODUCTION_WATCH})
+# A paused rollout's resume phase -> the analysed phase it paused in. Only these pauses leave the
+# candidate routed; a line's first version pauses from pending, to resume in production.
+_PAUSED_IN = {Phase.CANARY: Phase.SHADOW, Phase.PRODUCTION_WATCH: Phase.CANARY}
 
 
 class Verdict(StrEnum):
@@ -113,6 +125,9 @@ class Policy:
     # Signature meanings required before entering canary / production.
     approvals_required: frozenset[str] = frozenset()
     edge_waves: int = 2
+    # Seconds an analysed phase may go without a verdict (inconclusive, or no metrics source)
+    # before the rollout is rolled back.
+    max_undecided_s: float = 3600.0
 
     def __post_init__(self) -> None:
         weights = self.step_weights_bps
@@ -122,6 +137,8 @@ class Policy:
             raise ValueError(f"canary step weights must increase: {weights}")
         if self.failure_threshold < 1:
             raise ValueError("the failure threshold must be at least 1")
+        if not self.max_undecided_s > 0:  # also refuses NaN
+            raise ValueError(f"max_undecided_s must be > 0: {self.max_undecided_s}")
 
 
 @dataclass(frozen=True)
@@ -147,10 +164,25 @@ class RolloutStatus:
     # Events published so far: the next event's id is f"{rollout_id}-{sequence}".
     sequence: int = 0
     reason: str = ""
+    # When the current run of analyses without a verdict (inconclusive, or no metrics source)
+    # began; None after a PASS or a FAIL, and at the start of every phase.
+    undecided_since: float | None = None
 
     @property
     def terminal(self) -> bool:
         return self.phase in TERMINAL_PHASES
+
+    @property
+    def analysed_as(self) -> Phase | None:
+        """The phase whose checks judge this rollout each interval; None when it is not
+        analysed. A rollout paused for a signature with its candidate still routed (a pause from
+        shadow, or after the last canary step with its share of traffic) is analysed as the
+        phase it paused in: while the candidate runs, something watches it."""
+        if self.phase in ANALYSED_PHASES:
+            return self.phase
+        if self.phase is Phase.PAUSED and self.stable_version is not None:
+            return _PAUSED_IN.get(self.resume_phase) if self.resume_phase else None
+        return None
 
     def to_dict(self) -> dict[str, Any]:
         policy = self.policy
@@ -166,11 +198,13 @@ class RolloutStatus:
                 "failure_threshold": policy.failure_threshold,
                 "approvals_required": sorted(policy.approvals_required),
                 "edge_waves": policy.edge_waves,
+                "max_undecided_s": policy.max_undecided_s,
             },
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RolloutStatus:
+        """Also reads a status stored by an earlier version: a key it lacks takes its default."""
         policy = data["policy"]
         return cls(
             **{
@@ -185,6 +219,7 @@ class RolloutStatus:
                     failure_threshold=policy["failure_threshold"],
                     approvals_required=frozenset(policy["approvals_required"]),
                     edge_waves=policy["edge_waves"],
+                    max_undecided_s=policy.get("max_undecided_s", Policy.max_undecided_s),
                 ),
             }
         )
@@ -236,27 +271,80 @@ def step(status: RolloutStatus, analysis: Analysis) -> tuple[RolloutStatus, list
     if status.phase is Phase.PENDING:
         return _start(status, analysis)
     if status.phase is Phase.PAUSED:
-        return _resume_if_signed(status, analysis)
-    if analysis.source_error is not None:
-        return _hold(status, analysis)
-    return _judged(replace(status, waiting_for=""), analysis)
+        return _paused(status, analysis)
+    if analysis.source_error is None and analysis.verdict is not Verdict.INCONCLUSIVE:
+        return _judged(replace(status, waiting_for="", undecided_since=None), analysis)
+    return _undecided(status, analysis)
 
 
 def _judged(status: RolloutStatus, analysis: Analysis) -> tuple[RolloutStatus, list[Action]]:
-    """An analysed phase after one interval's analysis."""
-    verdict = analysis.verdict
-    if verdict is Verdict.FAIL:
+    """An analysed phase after one interval's PASS or FAIL."""
+    if analysis.verdict is Verdict.FAIL:
         failed = status.failed_checks + 1
         if failed >= status.policy.failure_threshold:
-            return _roll_back(replace(status, failed_checks=failed), analysis)
+            return _roll_back(
+                replace(status, failed_checks=failed), analysis, _failed(failed, analysis)
+            )
         return _announce(
             status,
             replace(status, failed_checks=failed, reason=f"analysis failed: {analysis.summary()}"),
             analysis,
         )
-    if verdict is Verdict.INCONCLUSIVE:
-        return replace(status, updated_at=analysis.now), []
     return _passed(status, analysis)
+
+
+def _undecided(status: RolloutStatus, analysis: Analysis) -> tuple[RolloutStatus, list[Action]]:
+    """An analysed phase after an interval without a verdict: inconclusive, or no metrics
+    source. Nothing moves and nothing counts, until ``max_undecided_s`` since the first such
+    interval (a PASS or FAIL in between starts the clock afresh) rolls the rollout back."""
+    since = analysis.now if status.undecided_since is None else status.undecided_since
+    status = replace(status, undecided_since=since)
+    waited = analysis.now - since
+    limit = status.policy.max_undecided_s
+    if waited >= limit:
+        why = (
+            f"metrics source unavailable ({analysis.source_error})"
+            if analysis.source_error is not None
+            else f"analysis inconclusive: {analysis.summary() or 'no checks'}"
+        )
+        reason = f"rolled back: no verdict for {waited:.0f}s (max_undecided_s {limit:g}): {why}"
+        return _roll_back(status, analysis, reason)
+    if analysis.source_error is not None:
+        return _hold(status, analysis)
+    return replace(status, waiting_for="", updated_at=analysis.now), []
+
+
+def _paused(status: RolloutStatus, analysis: Analysis) -> tuple[RolloutStatus, list[Action]]:
+    """A rollout waiting for a signature. While its candidate is routed (``analysed_as``), each
+    interval's verdict counts as in the phase it paused in: a FAIL toward the threshold, which
+    rolls back whatever signature has arrived; a PASS clears the failures; then a signature
+    resumes it. Inconclusive analyses and a metrics source outage are waited out here without
+    the ``max_undecided_s`` deadline: the pause waits for a person's signature, which may take a
+    night or a weekend, and waiting says nothing against the candidate (a failure does, and
+    still rolls it back). That is also why the controller's signature checks between two
+    analyses, which carry no checks, change nothing but the resume."""
+    actions: list[Action] = []
+    if status.analysed_as is not None and analysis.source_error is None:
+        waiting = f"waiting for a signature '{status.waiting_for}'"
+        if analysis.verdict is Verdict.FAIL:
+            failed = status.failed_checks + 1
+            if failed >= status.policy.failure_threshold:
+                return _roll_back(
+                    replace(status, failed_checks=failed),
+                    analysis,
+                    _failed(failed, analysis, "while paused "),
+                )
+            reason = (
+                f"{waiting}; analysis failed ({failed}/{status.policy.failure_threshold}): "
+                + analysis.summary()
+            )
+            status, actions = _announce(
+                status, replace(status, failed_checks=failed, reason=reason), analysis
+            )
+        elif analysis.verdict is Verdict.PASS and status.failed_checks:
+            status = replace(status, failed_checks=0, reason=waiting, updated_at=analysis.now)
+    resumed, more = _resume_if_signed(status, analysis)
+    return resumed, actions + more
 
 
 def _passed(status: RolloutStatus, analysis: Analysis) -> tuple[RolloutStatus, list[Action]]:
@@ -301,7 +389,10 @@ def _resume_if_signed(
 ) -> tuple[RolloutStatus, list[Action]]:
     if status.waiting_for not in analysis.approvals or status.resume_phase is None:
         return status, []
-    return _enter(status, analysis, status.resume_phase, status.waiting_for)
+    new, actions = _enter(status, analysis, status.resume_phase, status.waiting_for)
+    # Failures counted while paused are consecutive intervals of the same candidate: they still
+    # count in the phase it resumes in.
+    return replace(new, failed_checks=status.failed_checks), actions
 
 
 def _enter(
@@ -392,11 +483,17 @@ def _first_production(
     ]
 
 
-def _roll_back(status: RolloutStatus, analysis: Analysis) -> tuple[RolloutStatus, list[Action]]:
+def _failed(failed: int, analysis: Analysis, where: str = "") -> str:
+    """The reason of a rollback at the failure threshold."""
+    return f"rolled back {where}after {failed} failed analysis intervals: {analysis.summary()}"
+
+
+def _roll_back(
+    status: RolloutStatus, analysis: Analysis, reason: str
+) -> tuple[RolloutStatus, list[Action]]:
+    """Traffic back to the stable version, for ``reason``."""
+    # Only an analysed rollout rolls back, and a line's first version (no stable) never is.
     assert status.stable_version is not None
-    reason = (
-        f"rolled back after {status.failed_checks} failed analysis intervals: " + analysis.summary()
-    )
     new = replace(_moved(status, analysis, Phase.ROLLED_BACK, reason), canary_weight_bps=0)
     # Traffic first: the registry's record follows, and may be retried, but the line must not
     # wait for it.
@@ -444,6 +541,8 @@ def _moved(status: RolloutStatus, analysis: Analysis, phase: Phase, reason: str)
         updated_at=analysis.now,
         reason=reason,
         sequence=status.sequence + 1,
+        # Every phase starts its own clock; a final one keeps the record of how it ended.
+        undecided_since=status.undecided_since if phase in TERMINAL_PHASES else None,
     )
 
 

@@ -2,10 +2,12 @@
 
 It consumes the models topic; each version the trainer registers as ``validated`` becomes a
 rollout over the lines of its scope (one rollout per line at a time: later ones wait). Every
-``tick_s`` it looks at its rollouts; a rollout in an analysed phase is judged every
-``analysis.interval_s``; ``machine.step`` decides, this module carries out the actions (registry
-stage, routing per line, RolloutEvent, Kubernetes record) and then persists the status, so a
-controller killed at any point resumes where it stopped (see ``machine``).
+``tick_s`` it looks at its rollouts; a rollout in an analysed phase, or paused for a signature
+with its candidate still routed (``RolloutStatus.analysed_as``), is judged every
+``analysis.interval_s`` (a paused one is also checked for its signature every tick);
+``machine.step`` decides, this module carries out the actions (registry stage, routing per line,
+RolloutEvent, Kubernetes record) and then persists the status, so a controller killed at any
+point resumes where it stopped (see ``machine``).
 """
 
 from __future__ import annotations
@@ -34,7 +36,6 @@ from inspectloop.core.topics import EDGE_HEARTBEATS, MODELS, ROLLOUTS, ROUTING
 from inspectloop.rollout.analysis import Analyzer
 from inspectloop.rollout.fleet import EdgeFleet
 from inspectloop.rollout.machine import (
-    ANALYSED_PHASES,
     Action,
     Analysis,
     Announce,
@@ -227,12 +228,17 @@ class RolloutController:
         now = self._clock()
         if status.phase is Phase.PENDING:
             status = replace(status, stable_version=self._production_version(status))
-        if status.phase in ANALYSED_PHASES:
+        due = False
+        if status.analysed_as is not None:
             last = self._last_analysis.setdefault(status.rollout_id, now)
-            if now - last < self.interval_s:
+            due = now - last >= self.interval_s
+            if due:
+                self._last_analysis[status.rollout_id] = now
+            elif status.phase is not Phase.PAUSED:
                 return status
-            self._last_analysis[status.rollout_id] = now
-        analysis = self._analyse(status, now)
+            # Between its analyses a paused rollout is still looked at every tick, with no
+            # checks, for its signature: that wait is a person's, not the analysis interval's.
+        analysis = self._analyse(status, now) if due else self._unanalysed(status, now)
         new, actions = step(status, analysis)
         if new == status and not actions:
             return status
@@ -243,6 +249,9 @@ class RolloutController:
             new, actions = fail(status, now, f"cannot proceed: {exc}")
             self._execute(new, actions)
         self._store.save(new)
+        if status.phase is Phase.PAUSED and new.phase is not Phase.PAUSED:
+            # Resumed: the phase it enters gets a whole interval before it is first judged.
+            self._last_analysis[status.rollout_id] = now
         if new.phase is not status.phase:
             self._metrics.transitions.labels(model=new.model, phase=new.phase.value).inc()
             log.warning(
@@ -255,12 +264,19 @@ class RolloutController:
             self._recorder.record(new)
         return new
 
+    def _unanalysed(self, status: RolloutStatus, now: float) -> Analysis:
+        """No checks, only the signatures (a pending or paused rollout between analyses)."""
+        return Analysis(now=now, approvals=frozenset(self._approvals(status)))
+
     def _analyse(self, status: RolloutStatus, now: float) -> Analysis:
+        """The interval's checks, measured as the phase the rollout is analysed as."""
+        phase = status.analysed_as
+        assert phase is not None
         approvals = frozenset(self._approvals(status))
-        if status.phase not in ANALYSED_PHASES:
-            return Analysis(now=now, approvals=approvals)
         try:
-            checks = self._analyzer.checks(status)
+            # A paused rollout gets the checks of the phase it paused in (the canary's include
+            # the label-delayed quality and the edge waves of its last step).
+            checks = self._analyzer.checks(replace(status, phase=phase))
         except BackendUnavailableError as exc:
             self._metrics.source_up.set(0)
             return Analysis(now=now, approvals=approvals, source_error=str(exc))

@@ -125,6 +125,14 @@ class RolloutSection(Section):
     failure_threshold: int = Field(
         default=2, ge=1, description="Consecutive failed analyses that roll a rollout back."
     )
+    max_undecided_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="Seconds a rollout in shadow, canary or production watch may go without a "
+        "verdict (analyses inconclusive, or the metrics source unreachable) before it is rolled "
+        "back; a PASS or FAIL starts the clock again. Not applied while it waits for a "
+        "signature.",
+    )
     require_signature_for: list[SignedStage] = Field(
         default_factory=lambda: list(get_args(SignedStage)),
         description="Stages entered only once the registry holds a valid electronic signature "
@@ -168,6 +176,7 @@ class RolloutSection(Section):
             failure_threshold=self.failure_threshold,
             approvals_required=frozenset(meanings[s] for s in self.require_signature_for),
             edge_waves=self.edge_waves,
+            max_undecided_s=self.max_undecided_s,
         )
 
     @model_validator(mode="after")
