@@ -19,8 +19,8 @@ defective, every class) under the production decision (classifier and anomaly de
 Two approaches side by side, on the same data and machine:
 
 - ``today``: what the trainer did for a design its simulator cannot draw: nothing synthesised
-  (``synthesise_defects`` returned None), the classifier alone, gates at the demo's lowered
-  85% accuracy / 20% escape rate;
+  (``synthesise_defects`` returned None), the classifier alone, no distillation from the parent,
+  gates at the demo's then lowered 85% accuracy / 20% escape rate;
 - ``new``: defects synthesised in image space on the labelled good units, the PatchCore anomaly
   detector, production gates on real held-out images and the challenge set.
 
@@ -142,6 +142,7 @@ def _trainer_settings(
             **common,
             synthesis=SynthesisSettings(defective=0, subtle=0, pasted=0, artwork_goods=0),
             anomaly=AnomalySettings(enabled=False),
+            distill_weight=0.0,
             gates=GateSettings(
                 min_accuracy=0.85,
                 min_recall_per_class=0.2,
