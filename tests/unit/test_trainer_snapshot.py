@@ -183,3 +183,40 @@ def test_a_retrain_request_waits_for_the_labels_it_requires(tmp_path: Path) -> N
     assert metrics.get_sample_value("inspectloop_trainer_retrains_running_requests") == 0
     labels.add(LabelledImage(f"{9:064x}", "good", "line-1", "4711", "B", "operator:op"), 0.0)
     service.wait_for_labels(request)  # returns: two in scope now
+
+
+def test_every_verdict_is_kept_and_the_newest_is_the_label(tmp_path: Path) -> None:
+    labels = LabelStore(tmp_path / "labels.sqlite3")
+    blobs = FilesystemBlobStore(tmp_path / "blobs", 1 << 20)
+    sha = blobs.put(_encoded(48, 48, "PNG")).sha256
+
+    def verdict(label: str, operator: str, at: float) -> bool:
+        image = LabelledImage(sha, label, "line-1", "4711", "B", f"operator:{operator}")
+        return labels.add(image, at)
+
+    assert verdict("good", "op-ana", 10.0) is False  # a first verdict corrects nothing
+    assert verdict("good", "op-ana", 10.0) is False  # redelivered: the same verdict
+    assert verdict("ink_smudge", "op-ben", 20.0) is True  # overruled
+    assert verdict("good", "op-chidi", 15.0) is False  # late, older: history only
+    assert [(v.label, v.source, v.labelled_at) for v in labels.history(sha)] == [
+        ("good", "operator:op-ana", 10.0),
+        ("good", "operator:op-chidi", 15.0),
+        ("ink_smudge", "operator:op-ben", 20.0),
+    ]
+    [current] = labels.select(lines=["line-1"])
+    assert (current.label, current.source, current.verdicts) == ("ink_smudge", "operator:op-ben", 3)
+    assert current.disputed and current.labels_given == ("good", "good", "ink_smudge")
+    snap = build_snapshot(
+        tmp_path / "snapshots",
+        reference_datasets=[],
+        labelled=[current],
+        blob_store=blobs,
+        classes=ModelSpec().classes,
+        image_size=48,
+    )
+    [record] = map(json.loads, snap.manifest_path.read_text().splitlines())
+    assert (record["label"], record["verdicts"]) == ("ink_smudge", ["good", "good", "ink_smudge"])
+    labels.close()
+    reopened = LabelStore(tmp_path / "labels.sqlite3")  # the history survives a restart
+    assert len(reopened.history(sha)) == 3
+    reopened.close()

@@ -43,6 +43,13 @@ class TrainerMetrics:
             "Operator-labelled images stored for training, by line.",
             ["line"],
         )
+        self.labels_corrected = metrics.counter(
+            "labels_corrected",
+            "images",
+            "Verdicts that changed an image's label (an operator overruling an earlier verdict), "
+            "by line: a rising rate says the operators disagree.",
+            ["line"],
+        )
         self.training_progress = metrics.gauge(
             "training_progress",
             "ratio",

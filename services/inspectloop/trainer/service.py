@@ -198,7 +198,7 @@ class TrainerService:
         label = label_from_feedback(feedback, self.spec.classes)
         if label is None or not feedback.image.sha256:
             return
-        self._labels.add(
+        corrected = self._labels.add(
             LabelledImage(
                 sha256=feedback.image.sha256,
                 label=label,
@@ -210,6 +210,14 @@ class TrainerService:
             labelled_at=event.envelope.time.timestamp(),
         )
         self._metrics.labels_stored.labels(line=feedback.line).inc()
+        if corrected:
+            self._metrics.labels_corrected.labels(line=feedback.line).inc()
+            log.info(
+                "image %s relabelled %s by %s",
+                feedback.image.sha256[:12],
+                label,
+                feedback.operator_id,
+            )
 
     def handle_retrain(self, event: Event[RetrainRequest]) -> None:
         self.answer(event.message)

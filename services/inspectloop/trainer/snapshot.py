@@ -74,10 +74,33 @@ class LabelledImage:
     sku: str
     label_design: str
     source: str  # e.g. "operator:op-ana" or "synthetic"
+    # Verdicts the image has had, and the classes they gave, oldest first (select() fills them).
+    verdicts: int = 1
+    labels_given: tuple[str, ...] = ()
+
+    @property
+    def disputed(self) -> bool:
+        """Whether verdicts on this image gave more than one class."""
+        return len(set(self.labels_given)) > 1
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One operator verdict as the label store keeps it (its history is never rewritten)."""
+
+    sha256: str
+    label: str
+    source: str
+    labelled_at: float
 
 
 class LabelStore:
-    """Images operators labelled, newest verdict per image wins; SQLite, owned by the trainer."""
+    """Images operators labelled; SQLite, owned by the trainer.
+
+    Every verdict is kept (``label_history``, append-only: a redelivered verdict is the same
+    row); the newest verdict per image is its label (``labels``). An operator who corrects an
+    earlier verdict changes what the next snapshot trains on, and the history says who said
+    what when; a snapshot's manifest marks the images whose verdicts disagreed."""
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -89,10 +112,24 @@ class LabelStore:
             "CREATE TABLE IF NOT EXISTS labels (image_sha256 TEXT PRIMARY KEY, label TEXT NOT NULL,"
             " line TEXT, sku TEXT, label_design TEXT, source TEXT, labelled_at REAL NOT NULL)"
         )
+        self._conn.execute(
+            "CREATE TABLE IF NOT EXISTS label_history (image_sha256 TEXT NOT NULL, label TEXT NOT"
+            " NULL, source TEXT NOT NULL, labelled_at REAL NOT NULL,"
+            " UNIQUE (image_sha256, label, source, labelled_at))"
+        )
         self._lock = threading.Lock()
 
-    def add(self, image: LabelledImage, labelled_at: float) -> None:
-        with self._lock:
+    def add(self, image: LabelledImage, labelled_at: float) -> bool:
+        """Records a verdict; True when it changed the image's current label (a correction)."""
+        with self._lock, self._conn:
+            self._conn.execute("BEGIN IMMEDIATE")
+            before = self._conn.execute(
+                "SELECT label FROM labels WHERE image_sha256 = ?", (image.sha256,)
+            ).fetchone()
+            self._conn.execute(
+                "INSERT OR IGNORE INTO label_history VALUES (?, ?, ?, ?)",
+                (image.sha256, image.label, image.source, labelled_at),
+            )
             self._conn.execute(
                 "INSERT INTO labels VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (image_sha256) DO "
                 "UPDATE SET label = excluded.label, source = excluded.source, "
@@ -107,10 +144,30 @@ class LabelStore:
                     labelled_at,
                 ),
             )
+            after = self._conn.execute(
+                "SELECT label FROM labels WHERE image_sha256 = ?", (image.sha256,)
+            ).fetchone()
+        return before is not None and before[0] != after[0]
+
+    def history(self, sha256: str) -> list[Verdict]:
+        """Every verdict on the image, oldest first."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT image_sha256, label, source, labelled_at FROM label_history"
+                " WHERE image_sha256 = ? ORDER BY labelled_at, rowid",
+                (sha256,),
+            ).fetchall()
+        return [Verdict(*row) for row in rows]
 
     def select(self, lines: Sequence[str] = (), skus: Sequence[str] = ()) -> list[LabelledImage]:
         """Labelled images in scope (empty filters mean all), in a stable order."""
-        query = "SELECT image_sha256, label, line, sku, label_design, source FROM labels"
+        query = (
+            "SELECT l.image_sha256, l.label, l.line, l.sku, l.label_design, l.source,"
+            " (SELECT COUNT(*) FROM label_history h WHERE h.image_sha256 = l.image_sha256),"
+            " (SELECT GROUP_CONCAT(label, ',') FROM (SELECT label FROM label_history h"
+            "  WHERE h.image_sha256 = l.image_sha256 ORDER BY labelled_at, rowid))"
+            " FROM labels l"
+        )
         clauses: list[str] = []
         args: list[str] = []
         if lines:
@@ -120,13 +177,29 @@ class LabelStore:
             clauses.append(f"sku IN ({','.join('?' * len(skus))})")
             args.extend(skus)
         if clauses:
-            query += " WHERE " + " AND ".join(clauses)
+            query += " WHERE " + " AND ".join(f"l.{c}" for c in clauses)
         with self._lock:
-            rows = self._conn.execute(query + " ORDER BY image_sha256", args).fetchall()
-        return [LabelledImage(*row) for row in rows]
+            rows = self._conn.execute(query + " ORDER BY l.image_sha256", args).fetchall()
+        return [
+            LabelledImage(
+                sha256=sha,
+                label=label,
+                line=line,
+                sku=sku,
+                label_design=design,
+                source=source,
+                verdicts=max(1, verdicts),
+                labels_given=_split(given),
+            )
+            for sha, label, line, sku, design, source, verdicts, given in rows
+        ]
 
     def close(self) -> None:
         self._conn.close()
+
+
+def _split(joined: str | None) -> tuple[str, ...]:
+    return tuple(joined.split(",")) if joined else ()
 
 
 @dataclass(frozen=True)
@@ -242,6 +315,8 @@ def _stage_labelled(
     }
     if original is not None:
         record["original"] = original
+    if image.disputed:  # operators disagreed: the newest verdict is the label
+        record["verdicts"] = list(image.labels_given)
     return record
 
 
