@@ -411,6 +411,41 @@ def test_canary_and_production_need_valid_signatures(registry: Registry) -> None
     )
 
 
+def test_failed_signatures_in_a_row_lock_the_signer_until_an_admin_unlocks(
+    registry: Registry,
+) -> None:
+    reg = registry
+    limit = reg.settings.registry.max_failed_signatures
+    version = to_shadow(reg)
+    assert reg.sign(version, "approve-canary", password="wrong-password").status_code == 401
+    assert reg.sign(version, "approve-canary").status_code == 201  # a success starts afresh
+    replies = [reg.sign(version, "approve-canary", password=f"guess-{i}") for i in range(limit)]
+    assert [r.status_code for r in replies] == [401] * limit
+    assert "signing is now locked" in replies[-1].json()["detail"]
+    assert "locked" not in replies[-2].json()["detail"]
+    locked = reg.sign(version, "approve-canary")  # the right password no longer helps
+    assert locked.status_code == 403
+    assert "after 5 failed signatures in a row" in locked.json()["detail"]
+    assert reg.sign(version, "approve-canary", user="admin").status_code == 201  # others sign
+    unlock = "/v1/users/quality/signature-unlock"
+    assert reg.client.post(unlock, headers=reg.auth("quality")).status_code == 403
+    assert (
+        reg.client.post("/v1/users/nobody/signature-unlock", headers=reg.auth("admin")).status_code
+        == 404
+    )
+    assert reg.client.post(unlock, headers=reg.auth("admin")).status_code == 204
+    assert reg.sign(version, "approve-canary").status_code == 201
+    records = reg.client.get("/v1/audit", params={"limit": 1000}, headers=reg.auth("admin")).json()[
+        "records"
+    ]
+    actions = [r["action"] for r in records]
+    assert actions.count("signature.failed") == limit + 1
+    assert actions.count("signature.refused") == 1
+    assert actions.count("user.signature-unlocked") == 1
+    metrics = reg.client.get("/metrics").text
+    assert 'inspectloop_registry_signature_attempts_total{outcome="locked"} 1.0' in metrics
+
+
 def test_changing_a_signed_version_voids_its_signature(registry: Registry) -> None:
     reg = registry
     version = to_shadow(reg)

@@ -6,7 +6,8 @@ with a status that says what went wrong:
 
 * 400 the request cannot be right (an artifact whose bytes do not match its hash);
 * 401 no token, an unknown or revoked token, or a wrong password for a signature;
-* 403 the caller's role may not do this (the message names the roles that may);
+* 403 the caller's role may not do this (the message names the roles that may), or a signer
+  is locked out after ``max_failed_signatures`` failed signatures in a row;
 * 404 unknown model, version, dataset or artifact;
 * 409 the request conflicts with the current state: an invalid stage transition, a missing or
   outdated signature, a compare-and-set that lost, a duplicate;
@@ -327,6 +328,22 @@ def issue_token(
     return ctx.store.issue_token(user, actor=caller.name, label=label)
 
 
+@router.post(
+    "/v1/users/{user}/signature-unlock",
+    tags=["users"],
+    status_code=204,
+    responses={**_ERRORS, **_NOT_FOUND},
+    summary="Let a locked-out user sign again (admin)",
+)
+def unlock_signatures(
+    ctx: Ctx, user: Annotated[str, Path(description="User name.")], caller: Admin
+) -> Response:
+    """After ``max_failed_signatures`` failed signatures in a row a user may not sign (403);
+    this lifts the lock, in the audit trail as ``user.signature-unlocked``."""
+    ctx.store.unlock_signatures(user, actor=caller.name)
+    return Response(status_code=204)
+
+
 @router.delete(
     "/v1/tokens/{token_id}",
     tags=["users"],
@@ -486,7 +503,9 @@ def approve(
 ) -> ApprovalOut:
     """An electronic signature: the signer re-enters their password; the record holds the
     signer, the meaning, the time and the SHA-256 of the version's manifest, so a later
-    change to the version voids it. A wrong password is recorded in the audit log."""
+    change to the version voids it. A wrong password is recorded in the audit log; after
+    ``max_failed_signatures`` of them in a row the signer is locked out (403) until an admin
+    unlocks it (``POST /v1/users/{user}/signature-unlock``) or sets its password."""
     return ctx.store.sign(name, version, body, actor=caller)
 
 
@@ -733,6 +752,7 @@ def create_app(
             blob_store,
             require_signature_for=settings.registry.require_signature_for,
             require_artifacts_present=settings.registry.require_artifacts_present,
+            max_failed_signatures=settings.registry.max_failed_signatures,
             metrics=metrics,
         )
     app = FastAPI(

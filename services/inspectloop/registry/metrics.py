@@ -36,7 +36,7 @@ class RegistryMetrics:
         self.signatures = metrics.counter(
             "signature",
             "attempts",
-            "Electronic signature attempts, by outcome (signed, wrong_password).",
+            "Electronic signature attempts, by outcome (signed, wrong_password, locked).",
             ["outcome"],
         )
         self.audit_records = metrics.counter(

@@ -182,6 +182,7 @@ def build_runtime(settings: RegistrySettings) -> RegistryRuntime:
         build_blob_store(settings.blob_store),
         require_signature_for=settings.registry.require_signature_for,
         require_artifacts_present=settings.registry.require_artifacts_present,
+        max_failed_signatures=settings.registry.max_failed_signatures,
         metrics=metrics,
     )
     store.bootstrap(settings.registry.bootstrap_users)

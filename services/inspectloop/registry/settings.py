@@ -55,6 +55,13 @@ class RegistrySection(Section):
     )
     host: str = Field(default="127.0.0.1", description="Address the HTTP API listens on.")
     port: int = Field(default=8600, ge=0, le=65535, description="Port of the HTTP API.")
+    max_failed_signatures: int = Field(
+        default=5,
+        ge=0,
+        description="Failed electronic signatures in a row after which a user may not sign "
+        "until an admin unlocks it (POST /v1/users/NAME/signature-unlock, or setting its "
+        "password); 0 never locks.",
+    )
     require_signature_for: tuple[Stage, ...] = Field(
         default=(Stage.CANARY, Stage.PRODUCTION),
         description="Stages a version may only enter with a valid electronic signature of the "

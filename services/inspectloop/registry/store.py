@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar, TypeVar
 
-from sqlalchemy import ColumnElement, Engine, func, select
+from sqlalchemy import ColumnElement, Engine, and_, func, or_, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, selectinload
 
@@ -96,6 +96,14 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 SYSTEM_ACTOR = "registry"
+
+
+# Audit actions of electronic signatures; a lock-out is counted from them.
+SIGNATURE_APPLIED = "signature.applied"
+SIGNATURE_FAILED = "signature.failed"
+SIGNATURE_REFUSED = "signature.refused"  # locked out: the password was not even checked
+SIGNATURE_UNLOCKED = "user.signature-unlocked"
+SIGNATURE_RESETS = ("user.created", "user.password-set", SIGNATURE_UNLOCKED)
 
 
 class RegistryError(PermanentError):
@@ -207,10 +215,12 @@ class RegistryStore:
         *,
         require_signature_for: Sequence[Stage] = (Stage.CANARY, Stage.PRODUCTION),
         require_artifacts_present: bool = True,
+        max_failed_signatures: int = 5,
         metrics: RegistryMetrics | None = None,
         clock: Callable[[], datetime] = db.utcnow,
     ) -> None:
         self.engine = engine
+        self.max_failed_signatures = max_failed_signatures
         self.blob_store = blob_store
         self.require_signature_for = frozenset(require_signature_for)
         self.require_artifacts_present = require_artifacts_present
@@ -349,6 +359,44 @@ class RegistryStore:
                 subject=f"user/{api_token.user.name}",
                 details={"token_id": token_id},
             )
+
+    def unlock_signatures(self, name: str, *, actor: str) -> None:
+        """Let ``name`` sign again after a lock-out (an admin's act, audited)."""
+        with self._write() as session:
+            if session.scalar(select(db.User).where(db.User.name == name)) is None:
+                raise NotFoundError(f"user {name!r} not found")
+            self._append(
+                session, actor=actor, action=SIGNATURE_UNLOCKED, subject=f"user/{name}", details={}
+            )
+
+    def _failed_signatures(self, session: Session, name: str) -> int:
+        """Consecutive failed signatures of ``name`` (up to the limit), from the audit trail:
+        counted back to its last signature, or to the last time its password was set or its
+        signing unlocked. The audit trail is the record an inspector reads, so the lock-out
+        follows it, and needs no column of its own."""
+        rows = session.scalars(
+            select(db.AuditRow.action)
+            .where(
+                or_(
+                    and_(
+                        db.AuditRow.actor == name,
+                        db.AuditRow.action.in_((SIGNATURE_FAILED, SIGNATURE_APPLIED)),
+                    ),
+                    and_(
+                        db.AuditRow.subject == f"user/{name}",
+                        db.AuditRow.action.in_(SIGNATURE_RESETS),
+                    ),
+                )
+            )
+            .order_by(db.AuditRow.seq.desc())
+            .limit(self.max_failed_signatures)
+        ).all()
+        failed = 0
+        for action in rows:
+            if action != SIGNATURE_FAILED:
+                break
+            failed += 1
+        return failed
 
     def list_users(self) -> list[UserOut]:
         with self._read() as session:
@@ -884,25 +932,44 @@ class RegistryStore:
 
     def sign(self, name: str, version: int, body: ApprovalIn, *, actor: Principal) -> ApprovalOut:
         """Apply an electronic signature after checking the signer's re-entered password."""
+        limit = self.max_failed_signatures
         with self._read() as session:
             self._get(session, name, version)
             user = session.get(db.User, actor.user_id)
             stored = user.password_hash if user is not None else None
+            failed = self._failed_signatures(session, actor.name) if limit else 0
+        unlock = f"an admin unlocks it (POST /v1/users/{actor.name}/signature-unlock)"
+        if limit and failed >= limit:
+            with self._write() as session:
+                self._append(
+                    session,
+                    actor=actor.name,
+                    action=SIGNATURE_REFUSED,
+                    subject=subject_of(name, version),
+                    details={"meaning": body.meaning.value, "reason": "locked"},
+                )
+            if self.metrics is not None:
+                self.metrics.signatures.labels(outcome="locked").inc()
+            raise ForbiddenError(
+                f"signing is locked for {actor.name} after {limit} failed signatures in a row; "
+                f"{unlock}"
+            )
         if not verify_password(body.password, stored):
             reason = "wrong password" if stored else "the user has no signature password"
             with self._write() as session:
                 self._append(
                     session,
                     actor=actor.name,
-                    action="signature.failed",
+                    action=SIGNATURE_FAILED,
                     subject=subject_of(name, version),
                     details={"meaning": body.meaning.value, "reason": reason},
                 )
             if self.metrics is not None:
                 self.metrics.signatures.labels(outcome="wrong_password").inc()
+            locked = bool(limit) and failed + 1 >= limit
             raise SignatureRejectedError(
                 f"signature refused for {actor.name}: {reason} (the attempt is recorded in the "
-                "audit log)"
+                "audit log)" + (f"; signing is now locked: {unlock}" if locked else "")
             )
         with self._write() as session:
             row = self._get(session, name, version)
@@ -922,7 +989,7 @@ class RegistryStore:
             seq = self._append(
                 session,
                 actor=actor.name,
-                action="signature.applied",
+                action=SIGNATURE_APPLIED,
                 subject=subject_of(name, version),
                 details={
                     "approval_id": approval_id,
