@@ -384,6 +384,10 @@ def test_every_inspectloop_variable_is_a_setting_of_its_service(
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_selectors_and_port_names_match_the_workloads(variant: str) -> None:
     pods = [d["spec"]["template"] for d in workloads(variant)]
+    for cluster in of_kind(variant, "RayCluster"):  # KubeRay makes these pods
+        spec = cluster["spec"]
+        pods += [spec["headGroupSpec"]["template"]]
+        pods += [group["template"] for group in spec["workerGroupSpecs"]]
 
     def selected(selector: dict[str, str]) -> list[dict[str, Any]]:
         """The pod templates a selector matches: one component's (several DaemonSets for the
@@ -599,3 +603,33 @@ def test_model_rollout_crd_is_structural_and_accepts_the_example() -> None:
     broken = dict(examples[0], spec={**examples[0]["spec"], "steps": [{"weightBps": 20000}]})
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(broken, schema)
+
+
+def test_only_the_gateway_reaches_triton_and_only_the_trainer_the_ray_dashboard() -> None:
+    policies = {
+        p["metadata"]["labels"]["app.kubernetes.io/component"]: p["spec"]
+        for p in of_kind("production", "NetworkPolicy")
+    }
+
+    def sources(component: str, port: int) -> list[dict[str, Any]]:
+        """The peers an ingress rule of ``component`` admits to ``port``."""
+        return [
+            peer
+            for rule in policies[component]["ingress"]
+            if not rule.get("ports") or port in [p["port"] for p in rule["ports"]]
+            for peer in rule["from"]
+        ]
+
+    def components(peers: list[dict[str, Any]]) -> set[str]:
+        return {
+            p["podSelector"]["matchLabels"].get("app.kubernetes.io/component", "ANY POD")
+            for p in peers
+            if "podSelector" in p
+        }
+
+    for control_port in (8000, 8001):  # inference and the model-control API
+        assert components(sources("triton", control_port)) == {"gateway"}
+    assert components(sources("triton", 8002)) == set()  # metrics: namespaces only
+    assert components(sources("ray", 8265)) == {"ray", "trainer"}  # job submission
+    assert components(sources("ray", 10001)) == {"ray", "trainer"}
+    assert components(sources("ray", 6379)) == {"ray"}  # GCS: the cluster itself
