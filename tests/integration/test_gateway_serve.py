@@ -16,7 +16,7 @@ import requests
 from prometheus_client import CollectorRegistry
 
 from inspectloop.core.bus import build_bus
-from inspectloop.core.errors import PermanentError
+from inspectloop.core.errors import PermanentError, TransientError
 from inspectloop.core.settings import BusSettings, KafkaSettings
 from inspectloop.core.topics import INSPECTIONS
 from inspectloop.devtools.gateway_stack import wait_healthy
@@ -199,3 +199,16 @@ def test_an_oversized_body_is_refused_before_it_is_sent(
         assert "over the limit" in answer.read().decode()
     finally:
         connection.close()
+
+
+@pytest.mark.parametrize("entry", ["proxy", "direct"])
+def test_an_oversized_grpc_message_is_refused_by_grpc(served: GatewaySettings, entry: str) -> None:
+    """gRPC itself refuses a message over the image limit (Serve's own limit is 2 GiB), so no
+    replica receives, let alone decodes, it."""
+    section = served.gateway
+    grpc_port = section.grpc_port if entry == "proxy" else section.direct_grpc_port
+    client = GrpcInspectClient(f"127.0.0.1:{grpc_port}")
+    too_big = b"\x89PNG" + b"\0" * (section.images.max_bytes + 128 * 1024)
+    with pytest.raises(TransientError, match="RESOURCE_EXHAUSTED") as refused:
+        client.inspect(InspectRequest(line="serve-line-1", image=too_big), 30)
+    assert "larger than max" in str(refused.value)

@@ -214,12 +214,15 @@ class GatewayDeployment:
 def serve_env(section: GatewaySection) -> dict[str, str]:
     """The environment the Ray processes need for ``section``: Serve reads these switches when
     its controller and replicas start, so they belong to the Ray cluster, not to the job."""
+    # gRPC refuses a message over the largest image and its fields (RESOURCE_EXHAUSTED) before
+    # anything decodes it; Serve's own limit is 2 GiB.
+    env = {"RAY_SERVE_GRPC_MAX_MESSAGE_SIZE": str(section.images.max_bytes + BODY_OVERHEAD_BYTES)}
     if not section.direct_ingress:
-        return {}
+        return env
     # Twice the replicas: a restarted replica takes the next port while its predecessor's
     # port is quarantined.
     span = 2 * section.replicas
-    return {
+    return env | {
         "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
         "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(section.direct_http_port),
         "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(section.direct_http_port + span),
