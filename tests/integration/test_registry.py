@@ -27,7 +27,7 @@ from inspectloop.core.blobstore import build_blob_store
 from inspectloop.core.bus import build_bus
 from inspectloop.core.readiness import poll_until
 from inspectloop.core.settings import BlobStoreSettings, BusSettings, LocalBusSettings
-from inspectloop.core.topics import MODELS, ROLLOUTS
+from inspectloop.core.topics import LINE_MODES, MODELS, ROLLOUTS, ROUTING
 from inspectloop.devtools.harness import ManagedProcess, PostgresServer, pick_free_port
 from inspectloop.registry.api import create_app
 from inspectloop.registry.auth import Role
@@ -35,11 +35,13 @@ from inspectloop.registry.cli import registry_app
 from inspectloop.registry.db import create_registry_engine, ensure_schema
 from inspectloop.registry.lifecycle import Stage
 from inspectloop.registry.schemas import VersionCreate, VersionOut, version_to_proto
-from inspectloop.registry.service import BusAuditRecorder
+from inspectloop.registry.service import AUDITED_TOPICS, BusAuditRecorder
 from inspectloop.registry.settings import RegistrySection, RegistrySettings
 from inspectloop.registry.store import RegistryStore
+from inspectloop.v1.common_pb2 import LineMode, ModelRef
 from inspectloop.v1.models_pb2 import ModelStage, ModelVersion
-from inspectloop.v1.rollout_pb2 import RolloutEvent, RolloutPhase
+from inspectloop.v1.monitor_pb2 import LineModeChanged
+from inspectloop.v1.rollout_pb2 import RolloutEvent, RolloutPhase, Routing
 
 pytestmark = pytest.mark.integration
 
@@ -744,7 +746,7 @@ def test_bus_events_are_recorded_once(registry: Registry, tmp_path: Path) -> Non
         CollectorRegistry(),
     )
     with bus:
-        bus.ensure_topics([MODELS, ROLLOUTS])
+        bus.ensure_topics(AUDITED_TOPICS)
         event = RolloutEvent(
             event_id="e-1",
             rollout_id="r-1",
@@ -762,8 +764,27 @@ def test_bus_events_are_recorded_once(registry: Registry, tmp_path: Path) -> Non
             name=MODEL, version=str(version), stage=ModelStage.MODEL_STAGE_VALIDATED
         )
         bus.publish(MODELS, announced, event_id="e-2").result(10)
+        routing = Routing(
+            line="line-1",
+            generation=7,
+            stable=ModelRef(name=MODEL, version="999"),  # no such version: it stands out
+            canary=ModelRef(name=MODEL, version=str(version)),
+            canary_weight_bps=500,
+            rollout_id="r-1",
+        )
+        bus.publish(ROUTING, routing, event_id="e-3").result(10)
+        mode = LineModeChanged(
+            change_id="m-1",
+            line="line-1",
+            previous_mode=LineMode.LINE_MODE_AUTO,
+            new_mode=LineMode.LINE_MODE_MANUAL,
+            reason="feature drift",
+            changed_by="monitor",
+            generation=3,
+        )
+        bus.publish(LINE_MODES, mode, event_id="m-1").result(10)
         recorder = BusAuditRecorder(reg.store)
-        consumer = bus.consumer("registry-audit", [MODELS, ROLLOUTS], recorder.handle)
+        consumer = bus.consumer("registry-audit", AUDITED_TOPICS, recorder.handle)
         with consumer:
             poll_until(
                 lambda: (consumer.poll_once(0.2) == 0 and consumer.assignment()) or None,
@@ -780,6 +801,17 @@ def test_bus_events_are_recorded_once(registry: Registry, tmp_path: Path) -> Non
     assert rollout["details"]["registry_stage"] == "shadow"
     model = next(r for r in bus_records if r["action"] == "bus.model-version")
     assert model["details"]["announced_stage"] == "validated"
+    route = next(r for r in bus_records if r["action"] == "bus.routing")
+    assert route["subject"] == "line/line-1" and route["actor"] == "rollout"
+    assert route["details"]["generation"] == 7
+    assert route["details"]["canary"]["registry_stage"] == "shadow"
+    assert route["details"]["stable"] == {"model": MODEL, "version": "999", "registry_stage": None}
+    line_mode = next(r for r in bus_records if r["action"] == "bus.line-mode")
+    assert line_mode["actor"] == "monitor" and line_mode["subject"] == "line/line-1"
+    assert (line_mode["details"]["previous_mode"], line_mode["details"]["new_mode"]) == (
+        "LINE_MODE_AUTO",
+        "LINE_MODE_MANUAL",
+    )
     assert reg.client.get("/v1/audit/verify", headers=reg.auth("admin")).json()["ok"] is True
     # The consumer records only: the stage is still the registry's own.
     assert reg.store.current_stage(MODEL, version) == Stage.SHADOW

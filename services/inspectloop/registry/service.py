@@ -5,10 +5,11 @@ bootstrap accounts, starts :class:`BusAuditRecorder` on a thread (when
 ``registry.consume_events``) and serves the API until SIGINT/SIGTERM.
 
 The consumer records what other services announce (model versions on the models topic, rollout
-steps on the rollouts topic) in the audit log, exactly once per event id. It never changes a
-version's stage: stage changes go through the API, where the lifecycle and the required
-signatures are enforced. Each record notes the registry's own stage of the version, so that an
-announcement that disagrees with the registry stands out.
+steps on the rollouts topic, each line's routing and its mode changes) in the audit log,
+exactly once per event id. It never changes a version's stage: stage changes go through the
+API, where the lifecycle and the required signatures are enforced. Each record notes the
+registry's own stage of the versions it names, so that an announcement that disagrees with the
+registry (a routing to a version that is not approved for it) stands out.
 """
 
 from __future__ import annotations
@@ -26,20 +27,32 @@ from sqlalchemy import Engine
 
 from inspectloop.core.blobstore import build_blob_store
 from inspectloop.core.bus import Consumer, EventBus, build_bus
-from inspectloop.core.events import Event
+from inspectloop.core.events import Event, Topic
 from inspectloop.core.logging import configure_logging, log_context
 from inspectloop.core.settings import load_settings
-from inspectloop.core.topics import MODELS, ROLLOUTS
+from inspectloop.core.topics import LINE_MODES, MODELS, ROLLOUTS, ROUTING
 from inspectloop.registry.api import create_app
 from inspectloop.registry.db import create_registry_engine, ensure_schema, redacted_url
 from inspectloop.registry.lifecycle import Stage
 from inspectloop.registry.metrics import RegistryMetrics
 from inspectloop.registry.settings import RegistrySettings
 from inspectloop.registry.store import RegistryStore, subject_of
+from inspectloop.v1.common_pb2 import LineMode, ModelRef
 from inspectloop.v1.models_pb2 import ModelStage, ModelVersion
-from inspectloop.v1.rollout_pb2 import RolloutEvent, RolloutPhase
+from inspectloop.v1.monitor_pb2 import LineModeChanged
+from inspectloop.v1.rollout_pb2 import RolloutEvent, RolloutPhase, Routing
 
-__all__ = ["BusAuditRecorder", "RegistryRuntime", "build_runtime", "main", "serve"]
+# What the registry's consumer records in the audit log.
+AUDITED_TOPICS: tuple[Topic[Any], ...] = (MODELS, ROLLOUTS, ROUTING, LINE_MODES)
+
+__all__ = [
+    "AUDITED_TOPICS",
+    "BusAuditRecorder",
+    "RegistryRuntime",
+    "build_runtime",
+    "main",
+    "serve",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -57,27 +70,45 @@ class BusAuditRecorder:
 
     def handle(self, event: Event[Any]) -> None:
         message = event.message
+        source = event.envelope.source or "unknown"
         with log_context(event_id=event.envelope.event_id):
             if isinstance(message, ModelVersion):
                 action, name, version, details = self._model_version(message)
-                actor = event.envelope.source or "unknown"
+                subject, actor = self._version_subject(name, version, details), source
             elif isinstance(message, RolloutEvent):
                 action, name, version, details = self._rollout(message)
-                actor = message.actor or event.envelope.source or "unknown"
+                subject = self._version_subject(name, version, details)
+                actor = message.actor or source
+            elif isinstance(message, Routing):
+                action, subject, details = (
+                    "bus.routing",
+                    f"line/{message.line}",
+                    self._routing(message),
+                )
+                actor = source
+            elif isinstance(message, LineModeChanged):
+                action, subject, details = (
+                    "bus.line-mode",
+                    f"line/{message.line}",
+                    {
+                        "previous_mode": LineMode.Name(message.previous_mode),
+                        "new_mode": LineMode.Name(message.new_mode),
+                        "reason": message.reason,
+                        "generation": message.generation,
+                        "triggering_alert_ids": list(message.triggering_alert_ids),
+                    },
+                )
+                actor = message.changed_by or source
             else:  # only subscribed topics arrive; anything else is a wiring mistake
                 logger.warning("ignoring event of type %s", type(message).__name__)
                 return
-            number = _version_number(version)
-            registry_stage = self.store.current_stage(name, number) if number else None
             details.update(
                 {
                     "event_id": event.envelope.event_id,
                     "source": event.envelope.source,
                     "event_time": event.envelope.time.isoformat(),
-                    "registry_stage": registry_stage.value if registry_stage else None,
                 }
             )
-            subject = subject_of(name, number) if number else f"model/{name}/{version}"
             recorded = self.store.record_event(
                 event.envelope.event_id,
                 actor=actor,
@@ -89,6 +120,37 @@ class BusAuditRecorder:
                 self.metrics.bus_events.labels(
                     topic=event.topic, outcome="recorded" if recorded else "duplicate"
                 ).inc()
+
+    def _stage_of(self, name: str, version: str) -> str | None:
+        number = _version_number(version)
+        stage = self.store.current_stage(name, number) if number else None
+        return stage.value if stage else None
+
+    def _version_subject(self, name: str, version: str, details: dict[str, Any]) -> str:
+        """The audit subject of a version, noting the registry's own stage in ``details``."""
+        details["registry_stage"] = self._stage_of(name, version)
+        number = _version_number(version)
+        return subject_of(name, number) if number else f"model/{name}/{version}"
+
+    def _routing(self, message: Routing) -> dict[str, Any]:
+        def ref(model: ModelRef) -> dict[str, Any] | None:
+            if not model.name:
+                return None
+            return {
+                "model": model.name,
+                "version": model.version,
+                "registry_stage": self._stage_of(model.name, model.version),
+            }
+
+        return {
+            "generation": message.generation,
+            "stable": ref(message.stable),
+            "canary": ref(message.canary),
+            "canary_weight_bps": message.canary_weight_bps,
+            "shadows": [ref(s) for s in message.shadows],
+            "edge_wave": message.edge_wave,
+            "rollout_id": message.rollout_id,
+        }
 
     @staticmethod
     def _model_version(message: ModelVersion) -> tuple[str, str, str, dict[str, Any]]:
@@ -189,11 +251,11 @@ def build_runtime(settings: RegistrySettings) -> RegistryRuntime:
     runtime = RegistryRuntime(settings, engine, store, metrics_registry, metrics)
     if settings.registry.consume_events:
         bus = build_bus(settings.bus, settings.service, metrics_registry)
-        bus.ensure_topics([MODELS, ROLLOUTS])
+        bus.ensure_topics(AUDITED_TOPICS)
         recorder = BusAuditRecorder(store, metrics)
         runtime.bus = bus
         runtime.consumer = bus.consumer(
-            settings.registry.consumer_group, [MODELS, ROLLOUTS], recorder.handle
+            settings.registry.consumer_group, AUDITED_TOPICS, recorder.handle
         )
     return runtime
 
