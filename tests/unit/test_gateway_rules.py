@@ -214,7 +214,9 @@ def test_line_modes_apply_in_generation_order() -> None:
 def test_direct_ingress_is_a_ray_environment_with_a_port_range_per_protocol() -> None:
     from inspectloop.gateway.app import serve_env  # noqa: PLC0415 - imports Ray Serve
 
-    assert serve_env(GatewaySection()) == {}
+    # Always: gRPC messages up to the largest image and its fields, not Serve's 2 GiB.
+    limit = str(GatewaySection().images.max_bytes + 64 * 1024)
+    assert serve_env(GatewaySection()) == {"RAY_SERVE_GRPC_MAX_MESSAGE_SIZE": limit}
     env = serve_env(
         GatewaySection(
             direct_ingress=True, direct_http_port=8710, direct_grpc_port=9710, replicas=2
