@@ -370,7 +370,9 @@ class TrainerService:
             parent_weights=str(start_from) if start_from else None,
             new_appearance_repeats=settings.new_appearance_repeats if fine_tuning else 1,
             labelled_repeats=settings.labelled_repeats if new_designs else 0,
-            distill_weight=settings.distill_weight if fine_tuning else 0.0,
+            # Only where there is an old design to keep while learning a new one: a first model
+            # fine-tuned from the plant's weights on its own design learns, it forgets nothing.
+            distill_weight=settings.distill_weight if fine_tuning and new_designs else 0.0,
             progress_dir=str(self._work / "runs" / run_name / "progress"),
         )
         with watch_progress(Path(config.progress_dir or ""), self._metrics, run_name):
