@@ -596,3 +596,70 @@ def test_stopping_during_a_long_handler_leaves_its_record_for_the_restart(
         while not handled and time.monotonic() < deadline:
             late.poll_once(0.2)
     assert handled == ["train"]
+
+
+def test_an_output_lost_while_the_broker_was_down_leaves_its_input_uncommitted(
+    kafka_broker: KafkaBroker, tmp_path: Path
+) -> None:
+    # A handler publishes its output; the broker dies before acknowledging it and comes back
+    # before the batch is committed. The producer's flush returns (kafka-python logs expired
+    # records, it does not raise), so the bus must check each delivery: the input is not
+    # committed, it is delivered again, and its output reaches the topic once.
+    settings = BusSettings(
+        backend="kafka",
+        partitions=1,
+        max_batch=1,  # one input per batch: a redelivery republishes only the lost output
+        retry_backoff_s=0.01,
+        kafka=KafkaSettings(
+            bootstrap_servers=kafka_broker.bootstrap_servers,
+            session_timeout_ms=120_000,  # the group keeps its member through the outage
+            request_timeout_ms=3_000,
+            delivery_timeout_s=5,
+        ),
+    )
+    bus = build_bus(settings, "contract-test", CollectorRegistry())
+    try:
+        inputs, outputs = new_topic(), new_topic()
+        bus.ensure_topics([inputs, outputs])
+        total = 5
+        for i in range(total):
+            bus.publish(inputs, inspection(i, "line-1"))
+        # The producer learns the output topic's partitions now: with the broker down a first
+        # publish would block on metadata and raise, and the handler would simply be retried.
+        bus.publish(outputs, inspection(-1, "line-1"), event_id="warm-up").result(30)
+        calls: dict[str, int] = defaultdict(int)
+
+        def handle(event: Event[Any]) -> None:
+            inspection_id = event.message.inspection_id
+            calls[inspection_id] += 1
+            outage = inspection_id == "insp-0" and calls[inspection_id] == 1
+            if outage:
+                kafka_broker.kill()
+            delivery = bus.publish(outputs, event.message, event_id=f"output-of-{inspection_id}")
+            if outage:
+                wait_until(delivery.done, timeout=60, what="the output's delivery to expire")
+                with pytest.raises(BackendUnavailableError):
+                    delivery.result(0)
+                kafka_broker.start()
+                kafka_broker.wait_ready(180)
+
+        group = f"outage-{uuid.uuid4().hex[:6]}"
+        with bus.consumer(group, [inputs], handle) as consumer:
+            deadline = time.monotonic() + 300
+            while sum(1 for k, n in calls.items() if n and k != "insp-0") < total - 1:
+                assert time.monotonic() < deadline, f"inputs not all handled: {dict(calls)}"
+                with contextlib.suppress(BackendUnavailableError):
+                    consumer.poll_once(0.2)
+        assert calls["insp-0"] == 2, "the input whose output was lost must be delivered again"
+
+        wanted = {f"output-of-insp-{i}" for i in range(total)}
+        for _ in range(3):  # the coordinator may still be loading its log after the restart
+            seen = [e for e in read_back(bus, outputs, wanted, timeout=90) if e != "warm-up"]
+            if wanted <= set(seen):
+                break
+        assert sorted(seen) == sorted(wanted), "each output must reach the topic exactly once"
+    finally:
+        if not kafka_broker.is_running():
+            kafka_broker.start()
+            kafka_broker.wait_ready(180)
+        bus.close()

@@ -11,6 +11,7 @@ makes the bus trustworthy lives here once, for both backends:
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 import time
@@ -25,6 +26,7 @@ from inspectloop.core.bus.metrics import BusMetrics
 from inspectloop.core.errors import (
     BackendUnavailableError,
     DecodeError,
+    InspectloopError,
     PermanentError,
     RecordTooLargeError,
     TransientError,
@@ -57,6 +59,14 @@ DLQ_SOURCE_OFFSET = "dlq_source_offset"
 DLQ_GROUP = "dlq_consumer_group"
 DLQ_ATTEMPTS = "dlq_attempts"
 DLQ_FAILED_AT = "dlq_failed_at"
+
+# What the batch being handled has published (outputs and dead letters), on the consumer's
+# thread and on a long-running handler's worker. A producer's flush waits for every record but
+# does not raise for one that failed (kafka-python logs it): the batch is committed only after
+# each of these deliveries is checked.
+_batch_deliveries: contextvars.ContextVar[list[Delivery] | None] = contextvars.ContextVar(
+    "inspectloop_batch_deliveries", default=None
+)
 
 
 @dataclass(frozen=True)
@@ -172,6 +182,7 @@ class EventBus:
             )
         delivery = self._producer.send(topic, key, value, headers)
         self._metrics.published.labels(topic=topic).inc()
+        _note_batch_output(delivery)
         return delivery
 
     def flush(self, timeout: float | None = None) -> None:
@@ -226,6 +237,12 @@ class EventBus:
         self.close()
 
 
+def _note_batch_output(delivery: Delivery) -> None:
+    outputs = _batch_deliveries.get()
+    if outputs is not None:
+        outputs.append(delivery)
+
+
 class _BatchPausedError(Exception):
     """A handler's backend is down: stop the batch, commit what finished, redeliver the rest."""
 
@@ -273,6 +290,8 @@ class Consumer:
         for record in records:
             first.setdefault((record.topic, record.partition), record.offset)
         paused = False
+        outputs: list[Delivery] = []
+        scope = _batch_deliveries.set(outputs)
         try:
             for record in records:
                 self._process(record)
@@ -281,9 +300,11 @@ class Consumer:
             paused = True
         except _HandlerAbandonedError:
             # Stopping mid-handler: what finished is committed, the rest is delivered again.
-            self._finish_batch(first, done, paused=True)
+            self._finish_batch(first, done, outputs, paused=True)
             return sum(1 for r in records if r.offset < done.get((r.topic, r.partition), -1))
-        self._finish_batch(first, done, paused)
+        finally:
+            _batch_deliveries.reset(scope)
+        self._finish_batch(first, done, outputs, paused)
         if paused:
             self._stop.wait(self._settings.retry_backoff_s)
         return sum(1 for r in records if r.offset < done.get((r.topic, r.partition), -1))
@@ -292,16 +313,29 @@ class Consumer:
         self,
         first: Mapping[TopicPartition, int],
         done: Mapping[TopicPartition, int],
+        outputs: Sequence[Delivery],
         paused: bool,
     ) -> None:
         # Outputs first: an offset is committed only once everything its handler published
         # (and every dead letter) is acknowledged. If that fails, nothing is committed and
-        # the whole batch is delivered again.
+        # the whole batch is delivered again; outputs that did arrive are published again
+        # under the same event ids (handlers derive them from their input), so a reader can
+        # drop the copies.
+        timeout = self._settings.kafka.delivery_timeout_s
         try:
-            self._bus.flush(self._settings.kafka.delivery_timeout_s)
-        except Exception:
+            self._bus.flush(timeout)
+            for delivery in outputs:
+                delivery.result(timeout)  # done after the flush: raises if it failed
+        except Exception as exc:
             self._source.rewind(first)
-            raise
+            for (topic, partition), offset in first.items():
+                redelivered = done.get((topic, partition), offset) - offset
+                self._metrics.consumed.labels(
+                    topic=topic, group=self.group, outcome="undelivered"
+                ).inc(redelivered)
+            if isinstance(exc, InspectloopError):
+                raise
+            raise BackendUnavailableError(f"the batch's outputs were not delivered: {exc}") from exc
         if done:
             if self._before_commit is not None:
                 self._before_commit(done)
@@ -375,7 +409,11 @@ class Consumer:
             except BaseException as exc:  # re-raised on the consumer's thread
                 failure.append(exc)
 
-        worker = threading.Thread(target=work, name=f"{self.group}-handler", daemon=True)
+        # The worker runs in this thread's context, so what it publishes is the batch's output.
+        context = contextvars.copy_context()
+        worker = threading.Thread(
+            target=context.run, args=(work,), name=f"{self.group}-handler", daemon=True
+        )
         worker.start()
         worker.join(self._settings.keep_alive_s)
         if worker.is_alive():
@@ -435,7 +473,10 @@ class Consumer:
         ]
         # The original record is kept whole; a DLQ record over the limit would be lost, so the
         # limit does not apply here (the original already passed it once).
-        self._bus._producer.send(dead_letter_topic(record.topic), record.key, record.value, headers)
+        delivery = self._bus._producer.send(
+            dead_letter_topic(record.topic), record.key, record.value, headers
+        )
+        _note_batch_output(delivery)
         self._metrics.consumed.labels(topic=record.topic, group=self.group, outcome="dlq").inc()
         self._metrics.dead_lettered.labels(topic=record.topic, kind=kind).inc()
 

@@ -18,7 +18,8 @@ class BusMetrics:
         self.consumed = metrics.counter(
             "consumed",
             "events",
-            "Records consumed, by outcome: ok, dlq (dead-lettered) or paused (redelivered).",
+            "Records consumed, by outcome: ok, dlq (dead-lettered), paused (redelivered) or "
+            "undelivered (handled, but their outputs failed: redelivered).",
             ["topic", "group", "outcome"],
         )
         self.dead_lettered = metrics.counter(
