@@ -9,6 +9,8 @@ from typing import Any, cast
 from prometheus_client import CollectorRegistry
 
 from inspectloop.core.bus import EventBus
+from inspectloop.core.errors import BackendUnavailableError
+from inspectloop.core.settings import BusSettings
 from inspectloop.core.registry_client import RegistryClient
 from inspectloop.rollout.analysis import Analyzer
 from inspectloop.rollout.machine import (
@@ -53,12 +55,25 @@ class Registry:
         self.transitions.append((str(version), stage))
 
 
+class Delivery:
+    def __init__(self, lost: bool) -> None:
+        self.lost = lost
+
+    def result(self, timeout: float | None = None) -> None:
+        if self.lost:
+            raise BackendUnavailableError("Kafka did not acknowledge in time")
+
+
 class Bus:
+    settings = BusSettings()
+
     def __init__(self) -> None:
         self.published: list[Any] = []
+        self.down = False  # deliveries fail, as with the brokers away
 
-    def publish(self, topic: Any, message: Any, **kw: Any) -> None:
+    def publish(self, topic: Any, message: Any, **kw: Any) -> Delivery:
         self.published.append(message)
+        return Delivery(self.down)
 
 
 class Checks:
@@ -74,7 +89,7 @@ class Checks:
 
 
 def controller(
-    tmp_path: Path, analyzer: Checks, registry: Registry, clock: Clock
+    tmp_path: Path, analyzer: Checks, registry: Registry, clock: Clock, bus: Bus | None = None
 ) -> tuple[RolloutController, RolloutStore]:
     store = RolloutStore(tmp_path / "rollout.sqlite")
     paused = RolloutStatus(
@@ -96,7 +111,7 @@ def controller(
     return RolloutController(
         policy=POLICY,
         analysis_interval_s=INTERVAL_S,
-        bus=cast(EventBus, Bus()),
+        bus=cast(EventBus, bus or Bus()),
         registry=cast(RegistryClient, registry),
         analyzer=cast(Analyzer, analyzer),
         store=store,
@@ -127,6 +142,26 @@ def test_a_paused_canary_is_analysed_every_interval_as_a_canary_and_rolled_back(
     status = store.get("m-v2")
     assert status is not None and status.phase is Phase.ROLLED_BACK
     assert registry.transitions == [("2", "rolled_back")]
+
+
+def test_a_rollback_whose_routing_was_not_delivered_is_not_saved_and_is_tried_again(
+    tmp_path: Path,
+) -> None:
+    clock, analyzer, registry, bus = Clock(), Checks(Verdict.FAIL), Registry(), Bus()
+    c, store = controller(tmp_path, analyzer, registry, clock, bus)
+    c.tick()
+    ticks(c, clock, 2 * INTERVAL_S - 1)  # one failed analysis; the next one rolls back
+    bus.down = True
+    ticks(c, clock, 1)
+    routed = len(bus.published)
+    status = store.get("m-v2")
+    assert routed > 0, "the rollback published its routing"
+    assert status is not None and status.phase is Phase.PAUSED  # not saved as rolled back
+    bus.down = False
+    ticks(c, clock, 1)
+    status = store.get("m-v2")
+    assert status is not None and status.phase is Phase.ROLLED_BACK
+    assert len(bus.published) > routed  # the routing was published again
 
 
 def test_a_paused_canary_resumes_at_the_next_tick_after_its_signature(tmp_path: Path) -> None:

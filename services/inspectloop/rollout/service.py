@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from inspectloop.core.bus import EventBus
+from inspectloop.core.bus import Delivery, EventBus
 from inspectloop.core.errors import (
     BackendUnavailableError,
     PermanentError,
@@ -232,15 +232,15 @@ class RolloutController:
         if status.analysed_as is not None:
             last = self._last_analysis.setdefault(status.rollout_id, now)
             due = now - last >= self.interval_s
-            if due:
-                self._last_analysis[status.rollout_id] = now
-            elif status.phase is not Phase.PAUSED:
+            if not due and status.phase is not Phase.PAUSED:
                 return status
             # Between its analyses a paused rollout is still looked at every tick, with no
             # checks, for its signature: that wait is a person's, not the analysis interval's.
         analysis = self._analyse(status, now) if due else self._unanalysed(status, now)
         new, actions = step(status, analysis)
         if new == status and not actions:
+            if due:
+                self._last_analysis[status.rollout_id] = now
             return status
         try:
             self._execute(new, actions)
@@ -249,6 +249,10 @@ class RolloutController:
             new, actions = fail(status, now, f"cannot proceed: {exc}")
             self._execute(new, actions)
         self._store.save(new)
+        # Counted as analysed only once its step is saved: a step that failed (a routing not
+        # acknowledged) is analysed and tried again at the next tick, not an interval later.
+        if due:
+            self._last_analysis[status.rollout_id] = now
         if status.phase is Phase.PAUSED and new.phase is not Phase.PAUSED:
             # Resumed: the phase it enters gets a whole interval before it is first judged.
             self._last_analysis[status.rollout_id] = now
@@ -310,6 +314,9 @@ class RolloutController:
     def _execute(self, status: RolloutStatus, actions: list[Action]) -> None:
         signed = [a.approval for a in actions if isinstance(a, SetStage) and a.approval]
         approval_id = self._approvals(status).get(signed[0], "") if signed else ""
+        # The new state is saved only once what it published is acknowledged: a rollback saved
+        # as done while its Routing never reached the bus would leave the lines on the canary.
+        deliveries: list[Delivery] = []
         for action in actions:
             if isinstance(action, SetStage):
                 self._registry.transition(
@@ -319,12 +326,15 @@ class RolloutController:
                     f"{action.reason} (rollout {status.rollout_id})",
                 )
             elif isinstance(action, SetRouting):
-                self._publish_routing(status, action)
+                deliveries += self._publish_routing(status, action)
             elif isinstance(action, Announce):
-                self._announce(status, action, approval_id)
+                deliveries.append(self._announce(status, action, approval_id))
+        for delivery in deliveries:
+            delivery.result(self._bus.settings.kafka.delivery_timeout_s)
 
-    def _publish_routing(self, status: RolloutStatus, routing: SetRouting) -> None:
+    def _publish_routing(self, status: RolloutStatus, routing: SetRouting) -> list[Delivery]:
         now = self._clock()
+        deliveries = []
 
         def ref(version: str, role: ModelRole) -> ModelRef:
             return ModelRef(name=status.model, version=version, role=role)
@@ -342,9 +352,10 @@ class RolloutController:
             )
             if routing.canary is not None:
                 message.canary.CopyFrom(ref(routing.canary, MODEL_ROLE_CANARY))
-            self._bus.publish(ROUTING, message)
+            deliveries.append(self._bus.publish(ROUTING, message))
+        return deliveries
 
-    def _announce(self, status: RolloutStatus, announce: Announce, approval_id: str) -> None:
+    def _announce(self, status: RolloutStatus, announce: Announce, approval_id: str) -> Delivery:
         event = RolloutEvent(
             event_id=announce.event_id,
             rollout_id=status.rollout_id,
@@ -374,7 +385,7 @@ class RolloutController:
             stable_version=status.stable_version or "",
             approval_id=approval_id,
         )
-        self._bus.publish(ROLLOUTS, event, event_id=announce.event_id)
+        return self._bus.publish(ROLLOUTS, event, event_id=announce.event_id)
 
     # --- running -------------------------------------------------------------------------------
 
