@@ -1,12 +1,15 @@
 """The gateway keeps the real Triton's model repository in step with routing, from the registry
 (its own process, behind a proxy the test takes offline): a version that could not be fetched
 while the registry was away is fetched when it is back, a version Triton refuses is never
-fetched again (the refused canary gets no traffic and the stable version answers), and a version
-routed before it is registered is served once it is."""
+fetched again (the refused canary gets no traffic and the stable version answers), a version
+routed before it is registered is served once it is, and a Triton killed and restarted under
+traffic serves the line again with no one acting."""
 
 from __future__ import annotations
 
 import shutil
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -87,6 +90,37 @@ def register(client: RegistryClient, version: int, work: Path, *, loadable: bool
     assert record["version"] == version
 
 
+def syncing_gateway(
+    bus: EventBus,
+    *,
+    registry_url: str,
+    triton_server: TritonServer,
+    repository: Path,
+    tmp_path: Path,
+    exported: CollectorRegistry,
+) -> InspectionGateway:
+    """A gateway that fills the session Triton's repository from the registry at
+    ``registry_url``, retrying every half second."""
+    settings = GatewaySection(
+        model_name=MODEL,
+        triton=TritonSettings(url=triton_server.grpc_url, timeout_s=10, readiness_ttl_s=0),
+        models=ModelSyncSettings(repository=repository, registry_url=registry_url, retry_s=0.5),
+    )
+    metrics = GatewayMetrics(exported)
+    triton = TritonScorer(settings.triton)
+    sync = RepositorySync(
+        repository, RegistryClient(registry_url, TOKEN, timeout_s=10), triton, metrics, ARTIFACT
+    )
+    return InspectionGateway(
+        settings,
+        bus=bus,
+        blobs=FilesystemBlobStore(tmp_path / "blobs", 1 << 20),
+        triton=triton,
+        metrics=metrics,
+        sync=sync,
+    )
+
+
 def test_an_unreachable_registry_is_retried_and_a_refused_version_is_not(
     bus: EventBus,
     registry_url: str,
@@ -101,31 +135,17 @@ def test_an_unreachable_registry_is_retried_and_a_refused_version_is_not(
 
     with registry_proxy(registry_url) as proxy:
         proxy.offline = True
-        settings = GatewaySection(
-            model_name=MODEL,
-            triton=TritonSettings(url=triton_server.grpc_url, timeout_s=10, readiness_ttl_s=0),
-            models=ModelSyncSettings(
-                repository=triton_model_repository, registry_url=proxy.url, retry_s=0.5
-            ),
-        )
         exported = CollectorRegistry()
-        metrics = GatewayMetrics(exported)
-        triton = TritonScorer(settings.triton)
-        sync = RepositorySync(
-            triton_model_repository,
-            RegistryClient(proxy.url, TOKEN, timeout_s=10),
-            triton,
-            metrics,
-            ARTIFACT,
+        gateway = syncing_gateway(
+            bus,
+            registry_url=proxy.url,
+            triton_server=triton_server,
+            repository=triton_model_repository,
+            tmp_path=tmp_path,
+            exported=exported,
         )
-        gateway = InspectionGateway(
-            settings,
-            bus=bus,
-            blobs=FilesystemBlobStore(tmp_path / "blobs", 1 << 20),
-            triton=triton,
-            metrics=metrics,
-            sync=sync,
-        )
+        metrics, triton, sync = gateway.metrics, gateway.triton, gateway.sync
+        assert sync is not None
         routing = Routing(line="line-1", generation=1, canary_weight_bps=10000)
         routing.stable.CopyFrom(ModelRef(name=MODEL, version="1"))
         routing.canary.CopyFrom(ModelRef(name=MODEL, version="2"))
@@ -196,3 +216,88 @@ def test_an_unreachable_registry_is_retried_and_a_refused_version_is_not(
             if triton_server.is_model_ready(MODEL):
                 triton_server.unload_model(MODEL)
             shutil.rmtree(triton_model_repository / MODEL, ignore_errors=True)
+
+
+# After Triton answers again, the gateway's next sync pass reloads what routing needs: within
+# one retry interval plus the model's load time. Stated for the test's 0.5 s interval.
+HEAL_AFTER_TRITON_READY_S = 30.0
+
+
+def test_lines_serve_again_after_triton_is_killed_and_restarted_under_traffic(
+    bus: EventBus,
+    registry_url: str,
+    triton_server: TritonServer,
+    triton_model_repository: Path,
+    tmp_path: Path,
+) -> None:
+    client = RegistryClient(registry_url, TOKEN)
+    register(client, 1, tmp_path / "models", loadable=True)
+    client.close()
+    gateway = syncing_gateway(
+        bus,
+        registry_url=registry_url,
+        triton_server=triton_server,
+        repository=triton_model_repository,
+        tmp_path=tmp_path,
+        exported=CollectorRegistry(),
+    )
+    routing = Routing(line="line-1", generation=1)
+    routing.stable.CopyFrom(ModelRef(name=MODEL, version="1"))
+    bus.publish(ROUTING, routing).result(10)
+    # What other tests of the session loaded: a restarted Triton has none of it, so it is
+    # loaded again at the end.
+    others = {
+        m["name"]
+        for m in triton_server.repository_index()
+        if m.get("state") == "READY" and m["name"] != MODEL
+    }
+    answers: list[tuple[float, str]] = []  # (when, version answered or the error's type)
+    stop = threading.Event()
+
+    def traffic() -> None:
+        i = 0
+        while not stop.is_set():
+            i += 1
+            request = InspectRequest(line="line-1", request_id=f"heal-{i}", image=png(i))
+            try:
+                answer = gateway.inspect(request)
+                answers.append((time.monotonic(), answer.model.version))
+            except Exception as exc:
+                answers.append((time.monotonic(), type(exc).__name__))
+            stop.wait(0.05)
+
+    gateway.follow()
+    sender = threading.Thread(target=traffic, daemon=True)
+    try:
+        poll_until(lambda: gateway.triton.ready(MODEL, "1"), timeout=180, what="version 1 served")
+        sender.start()
+        poll_until(lambda: len(answers) >= 5, timeout=60, what="traffic before the crash")
+        triton_server.kill()
+        triton_server.start()  # waits until Triton answers; in explicit mode it loads nothing
+        back = time.monotonic()
+        poll_until(
+            lambda: any(t > back and v == "1" for t, v in answers),
+            timeout=HEAL_AFTER_TRITON_READY_S,
+            what="the line served again with no one acting",
+        )
+        healed_s = min(t for t, v in answers if t > back and v == "1") - back
+        print(f"served again {healed_s:.1f} s after Triton was back")
+        count = len(answers)
+        poll_until(lambda: len(answers) >= count + 10, timeout=60, what="traffic after healing")
+    finally:
+        stop.set()
+        if sender.is_alive():
+            sender.join(timeout=30)
+        gateway.close()
+        if not triton_server.is_running():
+            triton_server.start()
+        for name in sorted(others):
+            triton_server.load_model(name)
+        if triton_server.is_model_ready(MODEL):
+            triton_server.unload_model(MODEL)
+        shutil.rmtree(triton_model_repository / MODEL, ignore_errors=True)
+    # Every answer was the routed version or a refusal while Triton was away (503 to the line),
+    # never a wrong model; and after healing every request was answered.
+    assert {v for _, v in answers} <= {"1", "BackendUnavailableError"}
+    assert any(v == "BackendUnavailableError" for _, v in answers), "the crash was not seen"
+    assert all(v == "1" for _, v in answers[count:]), answers[count:]

@@ -4,7 +4,9 @@ When routing names a version the repository does not hold, the gateway fetches t
 Triton repository tarball from the registry (``triton_repo`` artifact of the configured backend),
 checks its SHA-256 against the registry's record, unpacks only that model's version directory
 and config into the repository, and asks Triton to load the model through its model-control
-API. A version that fails to fetch, verify or load is removed again, so that the repository
+API. A version the repository holds but Triton does not serve (Triton restarted: in explicit
+mode it starts with nothing loaded) is loaded again on the next pass. A version that fails to
+fetch, verify or load is removed again, so that the repository
 only holds versions Triton can serve; the versions already serving are untouched (Triton keeps
 them when a reload fails), the failure is counted in ``model_load_failures_errors_total`` (an
 alert rule watches it), and the version gets no traffic because it is not ready.
@@ -65,7 +67,10 @@ class RepositorySync:
         failures are counted, transient ones left for the next call."""
         with self._lock:
             for name, version in sorted(models):
-                if (self.repository / name / version).is_dir() or (name, version) in self.refused:
+                if (name, version) in self.refused:
+                    continue
+                if (self.repository / name / version).is_dir():
+                    self._reload_if_lost(name, version)
                     continue
                 config = self.repository / name / CONFIG
                 previous = config.read_bytes() if config.is_file() else None
@@ -90,6 +95,19 @@ class RepositorySync:
                         log.warning(
                             "model %s v%s not served yet, will retry: %s", name, version, exc
                         )
+
+    def _reload_if_lost(self, name: str, version: str) -> None:
+        """Load again a version the repository holds but Triton does not serve. Triton in
+        explicit mode starts with nothing loaded, so after a restart (a crash, a rescheduled
+        pod) this is what brings the lines back, on the next ``ensure``."""
+        if self.triton.ready(name, version):
+            return
+        try:
+            self.triton.load(name)
+        except InspectloopError as exc:  # Triton still starting, or down: the next pass retries
+            log.warning("model %s v%s not ready on Triton, reload failed: %s", name, version, exc)
+        else:
+            log.warning("model %s v%s was not on Triton (restarted?): reloaded", name, version)
 
     def _install(self, name: str, version: str) -> None:
         try:
