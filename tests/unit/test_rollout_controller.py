@@ -10,8 +10,8 @@ from prometheus_client import CollectorRegistry
 
 from inspectloop.core.bus import EventBus
 from inspectloop.core.errors import BackendUnavailableError
-from inspectloop.core.settings import BusSettings
 from inspectloop.core.registry_client import RegistryClient
+from inspectloop.core.settings import BusSettings
 from inspectloop.rollout.analysis import Analyzer
 from inspectloop.rollout.machine import (
     APPROVE_PRODUCTION,
