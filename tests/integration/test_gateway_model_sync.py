@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +19,9 @@ from prometheus_client import CollectorRegistry
 
 from inspectloop.core.blobstore import FilesystemBlobStore
 from inspectloop.core.bus import EventBus
+from inspectloop.core.bus.base import DLQ_REASON
 from inspectloop.core.errors import BackendUnavailableError
+from inspectloop.core.events import H_ID, header
 from inspectloop.core.onnx_contract import sha256_file
 from inspectloop.core.readiness import poll_until
 from inspectloop.core.registry_client import RegistryClient
@@ -98,13 +101,22 @@ def syncing_gateway(
     repository: Path,
     tmp_path: Path,
     exported: CollectorRegistry,
+    verify_routing: bool = False,
+    default_version: str = "1",
 ) -> InspectionGateway:
     """A gateway that fills the session Triton's repository from the registry at
-    ``registry_url``, retrying every half second."""
+    ``registry_url``, retrying every half second. Routing is not checked against the registry's
+    stages unless ``verify_routing`` (these tests route candidates)."""
     settings = GatewaySection(
         model_name=MODEL,
+        default_version=default_version,
         triton=TritonSettings(url=triton_server.grpc_url, timeout_s=10, readiness_ttl_s=0),
-        models=ModelSyncSettings(repository=repository, registry_url=registry_url, retry_s=0.5),
+        models=ModelSyncSettings(
+            repository=repository,
+            registry_url=registry_url,
+            retry_s=0.5,
+            verify_routing=verify_routing,
+        ),
     )
     metrics = GatewayMetrics(exported)
     triton = TritonScorer(settings.triton)
@@ -301,3 +313,89 @@ def test_lines_serve_again_after_triton_is_killed_and_restarted_under_traffic(
     assert {v for _, v in answers} <= {"1", "BackendUnavailableError"}
     assert any(v == "BackendUnavailableError" for _, v in answers), "the crash was not seen"
     assert all(v == "1" for _, v in answers[count:]), answers[count:]
+
+
+def test_a_routing_to_a_version_the_registry_never_approved_is_refused(
+    bus: EventBus,
+    triton_server: TritonServer,
+    triton_model_repository: Path,
+    tmp_path: Path,
+) -> None:
+    # A registry whose stages need no signature, so that the test can approve by transition.
+    with registry_process(
+        tmp_path / "registry",
+        [RegistryUser("gw", "service", TOKEN)],
+        settings={"INSPECTLOOP_REGISTRY__REQUIRE_SIGNATURE_FOR": "[]"},
+    ) as url:
+        client = RegistryClient(url, TOKEN)
+        register(client, 1, tmp_path / "models", loadable=True)
+        register(client, 2, tmp_path / "models", loadable=True)
+        for stage in ("validated", "shadow"):
+            client.transition(MODEL, 1, stage, "test")
+        client.transition(MODEL, 2, "validated", "test")
+        exported = CollectorRegistry()
+        gateway = syncing_gateway(
+            bus,
+            registry_url=url,
+            triton_server=triton_server,
+            repository=triton_model_repository,
+            tmp_path=tmp_path,
+            exported=exported,
+            verify_routing=True,
+            default_version="9",  # not registered: nothing is served until a routing is applied
+        )
+
+        def refused() -> float:
+            value = exported.get_sample_value(
+                "inspectloop_gateway_routing_refused_events_total", {"line": "line-1"}
+            )
+            return value or 0.0
+
+        def routing(generation: int, stable: str, canary: str = "") -> str:
+            message = Routing(line="line-1", generation=generation, canary_weight_bps=1000)
+            message.stable.CopyFrom(ModelRef(name=MODEL, version=stable))
+            if canary:
+                message.canary.CopyFrom(ModelRef(name=MODEL, version=canary))
+            event_id = f"routing-{generation}"
+            bus.publish(ROUTING, message, event_id=event_id).result(10)
+            return event_id
+
+        gateway.follow()
+        try:
+            # v1 is only a shadow: it may not decide a line.
+            forged = routing(1, stable="1")
+            poll_until(lambda: refused() == 1, timeout=60, what="the routing refused")
+            assert gateway.routing.get("line-1").generation == 0
+            # Approved for production: applied.
+            for stage in ("canary", "production"):
+                client.transition(MODEL, 1, stage, "test")
+            routing(2, stable="1")
+            poll_until(
+                lambda: gateway.routing.get("line-1").generation == 2,
+                timeout=60,
+                what="the approved routing applied",
+            )
+            # A canary the registry only validated is refused; the line keeps generation 2.
+            routing(3, stable="1", canary="2")
+            poll_until(lambda: refused() == 2, timeout=60, what="the canary routing refused")
+            assert gateway.routing.get("line-1").generation == 2
+            assert (MODEL, "2") not in gateway.routing.models()
+        finally:
+            gateway.close()
+            client.close()
+            if triton_server.is_model_ready(MODEL):
+                triton_server.unload_model(MODEL)
+            shutil.rmtree(triton_model_repository / MODEL, ignore_errors=True)
+
+    # Nothing is lost: the refused events are in the dead-letter topic, with the reason.
+    reasons: dict[str | None, str | None] = {}
+    source = bus.raw_source(f"dlq-{uuid.uuid4().hex[:6]}", [ROUTING.dlq])
+    try:
+        deadline = time.monotonic() + 30
+        while len(reasons) < 2 and time.monotonic() < deadline:
+            for record in source.poll(10, 0.2):
+                reasons[header(record.headers, H_ID)] = header(record.headers, DLQ_REASON)
+    finally:
+        source.close()
+    assert "never approved for production" in str(reasons.get(forged))
+    assert "canary gateway_synced v2 was never approved for canary" in str(reasons.get("routing-3"))

@@ -74,6 +74,13 @@ class GatewayMetrics:
             "Model versions Triton failed to load; the serving versions are left untouched.",
             ["model", "version"],
         )
+        self.routing_refused = metrics.counter(
+            "routing_refused",
+            "events",
+            "Routing events refused because the registry never approved a version they name "
+            "for its role (a forged or mistaken routing); the line keeps its routing.",
+            ["line"],
+        )
         self.routing_generation = metrics.gauge(
             "routing_generation",
             "info",

@@ -31,6 +31,7 @@ from inspectloop.gateway.metrics import GatewayMetrics
 from inspectloop.gateway.repository import RepositorySync
 from inspectloop.gateway.routing import RoutingTable
 from inspectloop.gateway.settings import GatewaySection
+from inspectloop.inspection.approval import unapproved
 from inspectloop.inspection.decision import (
     LineModes,
     answer_of,
@@ -99,6 +100,8 @@ class InspectionGateway:
         """Apply a Routing or LineModeChanged event (the follower's handler)."""
         message = event.message
         if isinstance(message, Routing):
+            if message.generation > self.routing.get(message.line).generation:
+                self._refuse_unapproved(event.envelope.event_id, message)
             try:
                 applied = self.routing.apply(message)
             except ValueError as exc:
@@ -114,6 +117,19 @@ class InspectionGateway:
                 raise PermanentError(str(exc)) from None
             if applied:
                 log.info("line %s mode %d: %s", message.line, message.new_mode, message.reason)
+
+    def _refuse_unapproved(self, event_id: str, routing: Routing) -> None:
+        """Raise PermanentError (the event is dead-lettered) for a routing the registry did
+        not approve; BackendUnavailableError pauses the follower while the registry is away."""
+        if self.sync is None or not self.settings.models.verify_routing:
+            return
+        problems = unapproved(routing, self.sync.registry.version)
+        if problems:
+            self.metrics.routing_refused.labels(line=routing.line).inc()
+            log.error(
+                "routing %s for line %s refused: %s", event_id, routing.line, "; ".join(problems)
+            )
+            raise PermanentError(f"routing {event_id} refused: {'; '.join(problems)}")
 
     def sync_models(self) -> None:
         """Bring Triton's repository in step with routing (when the gateway manages it), and

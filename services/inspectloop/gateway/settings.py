@@ -27,6 +27,13 @@ class ModelSyncSettings(Section):
         description="How often routed versions missing from the repository are tried again "
         "after the registry or Triton could not be reached (refused versions never are).",
     )
+    verify_routing: bool = Field(
+        default=True,
+        description="Apply a Routing only when the registry approved each version it names for "
+        "its role (stable: production, canary: canary, shadow: shadow); others are "
+        "dead-lettered and counted in routing_refused_events_total. Checked with the registry "
+        "the repository is filled from (needs repository).",
+    )
     artifact_filename: str = Field(
         default="triton-python.tar.gz",
         description="Which of a version's Triton repository artifacts to serve: "
