@@ -40,7 +40,7 @@ from inspectloop.devtools.registry_process import RegistryUser, registry_process
 from inspectloop.gateway.metrics import GatewayMetrics
 from inspectloop.gateway.repository import RepositorySync
 from inspectloop.gateway.service import InspectionGateway
-from inspectloop.gateway.settings import GatewaySection
+from inspectloop.gateway.settings import GatewaySection, ModelSyncSettings
 from inspectloop.inspection.settings import TritonSettings
 from inspectloop.inspection.triton import TritonScorer
 from inspectloop.simulator.dataset import DatasetSpec, write_dataset
@@ -191,7 +191,9 @@ def test_retrain_request_to_registered_version_served_by_triton(
     gateway_metrics = GatewayMetrics(CollectorRegistry())
     triton = TritonScorer(TritonSettings(url=triton_server.grpc_url, readiness_ttl_s=0))
     gateway = InspectionGateway(
-        GatewaySection(model_name="e2e-inspector"),
+        # Routes the registered (validated) and broken versions directly, with no rollout to
+        # approve them: the registry's stage check is not what this test is about.
+        GatewaySection(model_name="e2e-inspector", models=ModelSyncSettings(verify_routing=False)),
         bus=bus,
         blobs=FilesystemBlobStore(tmp_path / "gateway-blobs", 1 << 24),
         triton=triton,
