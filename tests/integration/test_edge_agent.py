@@ -90,7 +90,12 @@ EDGE_PYTHON = Path(sys.prefix + "-edge") / "bin" / "python"
 def registry_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The registry service as it runs in production: its own process, on SQLite."""
     users = [RegistryUser("edge", "service", TOKEN)]
-    with registry_process(tmp_path_factory.mktemp("edge-registry"), users) as url:
+    # Stages need no signature here, so that the fixture can approve its versions by transition.
+    with registry_process(
+        tmp_path_factory.mktemp("edge-registry"),
+        users,
+        settings={"INSPECTLOOP_REGISTRY__REQUIRE_SIGNATURE_FOR": "[]"},
+    ) as url:
         yield url
 
 
@@ -102,7 +107,9 @@ def proxy(registry_url: str) -> Iterator[RegistryProxy]:
 
 @dataclass(frozen=True)
 class EdgeModels:
-    versions: dict[str, str]  # our label ("pass-1", "pass-2", "reject") -> registry version
+    # our label ("pass-1", "pass-2", "reject", "unapproved") -> registry version; all but
+    # "unapproved" (only validated) have been in production
+    versions: dict[str, str]
     int8_sha256: dict[str, str]  # registry version -> sha256 of its int8 artifact
     public_key: Path
 
@@ -123,7 +130,7 @@ def edge_models(registry_url: str, tmp_path_factory: pytest.TempPathFactory) -> 
     versions: dict[str, str] = {}
     shas: dict[str, str] = {}
     try:
-        for label, seed in (("pass-1", 1), ("pass-2", 2), ("reject", 3)):
+        for label, seed in (("pass-1", 1), ("pass-2", 2), ("reject", 3), ("unapproved", 1)):
             int8 = write_edge_model(seed, work / label)
             sig = work / f"{label}.int8.onnx.sig"
             sig.write_bytes(key.sign(int8.read_bytes()))
@@ -153,6 +160,9 @@ def edge_models(registry_url: str, tmp_path_factory: pytest.TempPathFactory) -> 
                 },
             )
             version = str(record["version"])
+            if label != "unapproved":
+                for stage in ("shadow", "canary", "production"):
+                    client.transition(MODEL, int(version), stage, "approved for the edge tests")
             versions[label] = version
             shas[version] = sha256_file(int8)
     finally:
@@ -448,6 +458,33 @@ def test_a_tampered_artifact_is_refused_and_the_old_model_keeps_answering(
         wait_for(lambda: agent.state() == EDGE_NODE_STATE_READY, "READY")
         assert agent.inspect(png(3)).decision == DECISION_REJECT
         wait_for(lambda: agent.outbox.depth() == 0, "inspections delivered")
+    finally:
+        agent.close()
+        agent.outbox.close()
+        bus.close()
+
+
+def test_a_routing_to_a_version_the_registry_never_approved_is_refused(
+    edge_models: EdgeModels, proxy: RegistryProxy, tmp_path: Path
+) -> None:
+    line = "edge-line-u"
+    bus = local_bus(tmp_path / "bus")
+    agent = make_agent(tmp_path, lambda: local_bus(tmp_path / "bus"), proxy.url, line=line)
+    agent.start()
+    try:
+        good = edge_models.versions["pass-1"]
+        forged = edge_models.versions["unapproved"]
+        publish_routing(bus, routing(line, 1, good))
+        wait_for(lambda: loaded_version(agent) == good, "first model")
+        publish_routing(bus, routing(line, 2, forged))
+        wait_for(lambda: "never approved for production" in agent.last_error, "the refusal")
+        rejections = agent.metrics.artifact_rejections.labels(line=line, reason="unapproved")
+        assert rejections._value.get() >= 1
+        # The approved model keeps answering; nothing of the other one was downloaded.
+        event = agent.inspect(png(1))
+        assert event.decision == DECISION_PASS and event.model.version == good
+        assert event.routing_generation == 1
+        assert agent.store.find(MODEL, forged) is None
     finally:
         agent.close()
         agent.outbox.close()

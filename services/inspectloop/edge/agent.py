@@ -290,7 +290,16 @@ class EdgeAgent:
         ref = wanted_model(routing, self.settings.wave)
         self._syncing = True
         try:
-            installed, downloaded = self.store.prepare(ref.name, ref.version)
+            # A routing is trusted only as far as the registry approved its version for the
+            # role this node runs it in (whoever can write the topic could name any version).
+            approved_for = (
+                ("canary" if ref.role == MODEL_ROLE_CANARY else "production")
+                if self.settings.verify_routing
+                else None
+            )
+            installed, downloaded = self.store.prepare(
+                ref.name, ref.version, approved_for=approved_for
+            )
             loaded = (
                 self._model
                 if self._model is not None and self._model.installed.key == installed.key

@@ -41,6 +41,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from inspectloop.core.errors import ConfigError, PermanentError
 from inspectloop.core.onnx_contract import sha256_file
+from inspectloop.inspection.approval import reached
 
 log = logging.getLogger(__name__)
 
@@ -175,11 +176,15 @@ class ModelStore:
                 return model
         return None
 
-    def prepare(self, name: str, version: str) -> tuple[InstalledModel, bool]:
+    def prepare(
+        self, name: str, version: str, *, approved_for: str | None = None
+    ) -> tuple[InstalledModel, bool]:
         """A verified copy of ``name`` ``version``: from disk if it is there (re-hashed), else
         downloaded and verified. Nothing is swapped yet; returns the model and whether it was
-        downloaded. Raises ArtifactRejectedError (verification failed),
-        BackendUnavailableError (registry away) or PermanentError."""
+        downloaded. ``approved_for``: a stage the registry must have moved the version to before
+        it is downloaded (a version on disk was checked when it came). Raises
+        ArtifactRejectedError (verification failed), BackendUnavailableError (registry away) or
+        PermanentError."""
         current = self.current()
         if current is not None and (current.name, current.version) == (name, version):
             return current, False
@@ -189,7 +194,7 @@ class ModelStore:
             if self._public_key is None or local.signed:
                 return local, False
             # Installed before a key was configured: fetch and verify it again.
-        return self._download(name, version), True
+        return self._download(name, version, approved_for), True
 
     def activate(self, model: InstalledModel) -> None:
         """Make ``model`` current; the model it replaces becomes previous."""
@@ -207,10 +212,16 @@ class ModelStore:
             f"{current.name} v{current.version}" if current else "none",
         )
 
-    def _download(self, name: str, version: str) -> InstalledModel:
+    def _download(self, name: str, version: str, approved_for: str | None) -> InstalledModel:
         if self._source is None:
             raise PermanentError(f"{name} v{version} is not on disk and no registry is configured")
         record = self._source.version(name, int(version))
+        if approved_for is not None and not reached(record, approved_for):
+            raise ArtifactRejectedError(
+                "unapproved",
+                f"{name} v{version} was never approved for {approved_for} by the registry "
+                f"(stage {record.get('stage')}): refused",
+            )
         artifact, signature = self._pick(record, name, version)
         expected = str(artifact["sha256"])
         incoming = self.versions_dir / f".incoming-{uuid.uuid4().hex}"

@@ -36,6 +36,13 @@ class EdgeSection(Section):
         default="label-inspector",
         description="Model the node serves until a routing for its line names one.",
     )
+    verify_routing: bool = Field(
+        default=True,
+        description="Download a routed version only when the registry approved it for the role "
+        "this node runs it in (stable: production, canary: canary, at some point of its "
+        "history); otherwise it is refused (artifact_rejections, reason 'unapproved') and the "
+        "node keeps its model.",
+    )
     artifact_kind: Literal["onnx_int8", "onnx"] = Field(
         default="onnx_int8",
         description="Which artifact of a version the node runs: the int8 ONNX built for edge "

@@ -19,7 +19,8 @@ from inspectloop.v1.rollout_pb2 import Routing
 VersionLookup = Callable[[str, int], dict[str, Any]]  # RegistryClient.version fits
 
 
-def _reached(record: dict[str, Any], stage: str) -> bool:
+def reached(record: dict[str, Any], stage: str) -> bool:
+    """Whether the registry's ``record`` of a version was ever in ``stage``."""
     return record.get("stage") == stage or any(
         change.get("to_stage") == stage for change in record.get("stage_history", [])
     )
@@ -44,7 +45,7 @@ def unapproved(routing: Routing, lookup: VersionLookup) -> list[str]:
         record = records[key]
         if record is None:
             problems.append(f"{role} {ref.name} v{ref.version} is not in the registry")
-        elif not _reached(record, stage):
+        elif not reached(record, stage):
             problems.append(
                 f"{role} {ref.name} v{ref.version} was never approved for {stage} "
                 f"(stage {record.get('stage')})"
