@@ -196,6 +196,39 @@ def test_per_key_order_is_kept_across_10000_events(bus_env: BusEnv) -> None:
         assert sequence == list(range(lines.index(line), 10_000, 8))
 
 
+def test_a_consumer_is_caught_up_once_it_has_handled_what_its_topics_held(
+    bus_env: BusEnv,
+) -> None:
+    bus = bus_env.bus()
+    topic, empty = new_topic(), new_topic()
+    bus.ensure_topics([topic, empty])
+    for i in range(250):
+        bus.publish(topic, inspection(i, f"line-{i % 5}"))
+    bus.flush(60)
+    handled: list[str] = []
+    caught_up_after: list[int] = []
+
+    def handle(event: Event[InspectionEvent]) -> None:
+        handled.append(event.message.request_id)
+
+    with bus.consumer(f"state-{uuid.uuid4().hex[:6]}", [topic, empty], handle) as consumer:
+        while not consumer.caught_up.is_set():
+            consumer.poll_once(0.2)
+            caught_up_after.append(len(handled))
+            assert len(caught_up_after) < 500, "never caught up"
+        # Set exactly at the end of the history, never before it.
+        assert len(handled) == 250 and caught_up_after[-1] == 250
+        assert all(n < 250 for n in caught_up_after[:-1])
+        bus.publish(topic, inspection(250, "line-0"))
+        bus.flush(30)
+        drain(consumer, lambda: len(handled) == 251, timeout=30)
+        assert consumer.caught_up.is_set()  # latched: new records are the live stream
+
+    # A member of an empty topic is caught up as soon as it has its partitions.
+    with bus.consumer(f"state-{uuid.uuid4().hex[:6]}", [empty], handle) as consumer:
+        drain(consumer, consumer.caught_up.is_set, timeout=60)
+
+
 def test_two_consumers_share_a_group_and_rebalance_on_join_and_leave(bus_env: BusEnv) -> None:
     bus = bus_env.bus()
     topic = new_topic()

@@ -42,12 +42,18 @@ class Topic(Generic[M]):
 
     ``key`` picks the record key from the message (the line, for inspections and feedback),
     which is what keeps per-line order: one key always lands in one partition.
+
+    ``compacted``: each message is the whole current state of its key (a line's routing, its
+    mode), so the topic is compacted rather than expired: the newest record of every key is
+    kept for as long as the topic exists, and a reader that starts from the beginning always
+    rebuilds the full state, however old it is.
     """
 
     name: str
     message_type: type[M]
     key: Callable[[M], str] | None = None
     schema_version: int = 1
+    compacted: bool = False
 
     @property
     def event_type(self) -> str:

@@ -4,6 +4,10 @@ The key decides order: records with one key stay in one partition. Inspections, 
 modes, drift alerts and routing are keyed by line (a line's story must be read in order);
 model versions and rollouts by model name, heartbeats by edge node, changeovers and retrain
 requests by their own id.
+
+Routing and line modes are state, not history: each record is a line's whole routing or mode,
+and their topics are compacted (see ``Topic.compacted``) so that a replica starting in a year
+still finds every line's current state.
 """
 
 from __future__ import annotations
@@ -25,7 +29,9 @@ from inspectloop.v1.rollout_pb2 import RolloutEvent, Routing
 
 INSPECTIONS = Topic("inspectloop.inspections.v1", InspectionEvent, key=lambda m: m.line)
 FEEDBACK = Topic("inspectloop.feedback.v1", OperatorFeedback, key=lambda m: m.line)
-LINE_MODES = Topic("inspectloop.line-modes.v1", LineModeChanged, key=lambda m: m.line)
+LINE_MODES = Topic(
+    "inspectloop.line-modes.v1", LineModeChanged, key=lambda m: m.line, compacted=True
+)
 DRIFT_ALERTS = Topic("inspectloop.drift-alerts.v1", DriftAlert, key=lambda m: m.line)
 CHANGEOVERS = Topic(
     "inspectloop.changeovers.v1", ChangeoverAnnounced, key=lambda m: m.changeover_id
@@ -35,7 +41,7 @@ RETRAIN_REQUESTS = Topic(
 )
 MODELS = Topic("inspectloop.models.v1", ModelVersion, key=lambda m: m.name)
 ROLLOUTS = Topic("inspectloop.rollouts.v1", RolloutEvent, key=lambda m: m.model_name)
-ROUTING = Topic("inspectloop.routing.v1", Routing, key=lambda m: m.line)
+ROUTING = Topic("inspectloop.routing.v1", Routing, key=lambda m: m.line, compacted=True)
 EDGE_HEARTBEATS = Topic("inspectloop.edge-heartbeats.v1", EdgeHeartbeat, key=lambda m: m.node_id)
 
 ALL_TOPICS: tuple[Topic[Any], ...] = (

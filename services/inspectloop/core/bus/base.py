@@ -15,7 +15,7 @@ import contextvars
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -105,6 +105,11 @@ class Source(Protocol):
 
     def assignment(self) -> set[TopicPartition]: ...
 
+    def lag(self) -> int | None:
+        """Records in the assigned partitions past this member's position (None while nothing
+        is assigned yet)."""
+        ...
+
     def pause(self, partitions: Iterable[TopicPartition]) -> None:
         """Fetch nothing from ``partitions`` until :meth:`resume` (polls keep the membership)."""
         ...
@@ -115,7 +120,11 @@ class Source(Protocol):
 
 
 class Admin(Protocol):
-    def create_topics(self, names: Sequence[str], partitions: int) -> None: ...
+    def create_topics(
+        self, names: Sequence[str], partitions: int, *, compacted: Collection[str] = ()
+    ) -> None:
+        """Create the topics that do not exist; those in ``compacted`` are (made) compacted."""
+        ...
 
     def close(self) -> None: ...
 
@@ -146,8 +155,10 @@ class EventBus:
 
     def ensure_topics(self, topics: Iterable[Topic[Any]]) -> None:
         """Create the topics and their dead-letter topics if they do not exist yet."""
+        topics = list(topics)
         names = sorted({n for t in topics for n in (t.name, t.dlq)})
-        self._admin.create_topics(names, self.settings.partitions)
+        compacted = {t.name for t in topics if t.compacted}
+        self._admin.create_topics(names, self.settings.partitions, compacted=compacted)
 
     def publish(
         self,
@@ -276,6 +287,9 @@ class Consumer:
         self._metrics = bus._metrics
         self._stop = threading.Event()
         self._run_stop: threading.Event | None = None  # the event run() was given
+        # Set once this member has handled every record its partitions held when it joined:
+        # a reader that rebuilds state from a topic is ready from then on.
+        self.caught_up = threading.Event()
 
     def assignment(self) -> set[TopicPartition]:
         return self._source.assignment()
@@ -284,6 +298,7 @@ class Consumer:
         """Handle one batch and commit it. Returns the number of records that were handled."""
         records = self._source.poll(self._settings.max_batch, timeout_s)
         if not records:
+            self._note_caught_up()
             return 0
         first: dict[TopicPartition, int] = {}
         done: dict[TopicPartition, int] = {}
@@ -307,7 +322,21 @@ class Consumer:
         self._finish_batch(first, done, outputs, paused)
         if paused:
             self._stop.wait(self._settings.retry_backoff_s)
+        else:
+            self._note_caught_up()
         return sum(1 for r in records if r.offset < done.get((r.topic, r.partition), -1))
+
+    def _note_caught_up(self) -> None:
+        # Only between batches: the source's position is past what poll returned, handled or not.
+        if self.caught_up.is_set():
+            return
+        try:
+            lag = self._source.lag()
+        except InspectloopError as exc:  # the backend is away: not known yet, try next time
+            log.debug("group %s: lag unknown: %s", self.group, exc)
+            return
+        if lag == 0:
+            self.caught_up.set()
 
     def _finish_batch(
         self,

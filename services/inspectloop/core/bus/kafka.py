@@ -5,11 +5,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer
-from kafka.admin import NewTopic
+from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 from kafka.errors import (
     CommitFailedError,
     KafkaConnectionError,
@@ -187,6 +187,20 @@ class KafkaSource:
             if tp in assigned:
                 self._consumer.seek(tp, offset)
 
+    def lag(self) -> int | None:
+        assigned = list(self._consumer.assignment())
+        if not assigned:
+            return None
+        timeout_ms = self._consumer.config["request_timeout_ms"]
+        try:
+            ends = self._consumer.end_offsets(assigned, timeout_ms=timeout_ms)
+            positions = {tp: self._consumer.position(tp, timeout_ms=timeout_ms) for tp in assigned}
+        except KafkaError as exc:
+            raise _translate(exc) from exc
+        if any(position is None for position in positions.values()):
+            return None  # not resolved yet: unknown, not zero
+        return sum(max(0, int(ends[tp]) - int(positions[tp])) for tp in assigned)
+
     def pause(self, partitions: Iterable[TopicPartition]) -> None:
         self._consumer.pause(*(KafkaTopicPartition(t, p) for t, p in partitions))
 
@@ -215,14 +229,43 @@ class KafkaAdmin:
                 raise _translate(exc) from exc
         return self._client
 
-    def create_topics(self, names: Sequence[str], partitions: int) -> None:
+    def create_topics(
+        self, names: Sequence[str], partitions: int, *, compacted: Collection[str] = ()
+    ) -> None:
         admin = self._admin()
         existing = set(admin.list_topics())
         missing = [n for n in names if n not in existing]
         for name in missing:
+            configs = {"cleanup.policy": "compact"} if name in compacted else {}
             # Another service may create it meanwhile: fine.
             with contextlib.suppress(TopicAlreadyExistsError):
-                admin.create_topics([NewTopic(name, partitions, self._settings.replication_factor)])
+                admin.create_topics(
+                    [
+                        NewTopic(
+                            name,
+                            partitions,
+                            self._settings.replication_factor,
+                            topic_configs=configs,
+                        )
+                    ]
+                )
+        # Topics created by an older release were not compacted: set just that key
+        # (incrementally, so an operator's other settings on the topic stay as they are).
+        upgraded = sorted(n for n in compacted if n in existing)
+        if upgraded:
+            try:
+                results = admin.alter_configs(
+                    [
+                        ConfigResource(ConfigResourceType.TOPIC, n, {"cleanup.policy": "compact"})
+                        for n in upgraded
+                    ],
+                    incremental=True,
+                )
+            except KafkaError as exc:
+                raise _translate(exc) from exc
+            refused = {n: r for n, r in results.get("topic", {}).items() if r != "OK"}
+            if refused:
+                raise BackendUnavailableError(f"Kafka refused to compact topics: {refused}")
         # Topic creation is asynchronous in the cluster; wait until the metadata shows them.
         deadline = time.monotonic() + self._settings.request_timeout_ms / 1000
         while missing and time.monotonic() < deadline:

@@ -22,7 +22,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager
 from pathlib import Path
@@ -391,6 +391,19 @@ class LocalSource:
     def assignment(self) -> set[TopicPartition]:
         return set(self._positions)
 
+    def lag(self) -> int | None:
+        if not self._positions:
+            return None
+        lag = 0
+        for (topic, partition), position in self._positions.items():
+            (newest,) = self._conn.execute(
+                "SELECT MAX(offset) FROM records WHERE topic = ? AND partition = ?",
+                (topic, partition),
+            ).fetchone()
+            if newest is not None:
+                lag += max(0, int(newest) + 1 - position)
+        return lag
+
     def pause(self, partitions: Iterable[TopicPartition]) -> None:
         self._paused |= set(partitions) & set(self._positions)
 
@@ -412,7 +425,10 @@ class LocalAdmin:
     def __init__(self, log_: LocalLog) -> None:
         self._log = log_
 
-    def create_topics(self, names: Sequence[str], partitions: int) -> None:
+    def create_topics(
+        self, names: Sequence[str], partitions: int, *, compacted: Collection[str] = ()
+    ) -> None:
+        """The local log keeps every record, so a compacted topic needs nothing more here."""
         conn = self._log.connect()
         try:
             with _write(conn):
