@@ -53,10 +53,9 @@ from inspectloop.core.onnx_contract import (
     ort_session,
 )
 from inspectloop.core.settings import BusSettings, LocalBusSettings
-from inspectloop.core.topics import INSPECTIONS
 from inspectloop.devtools.gateway_stack import Stack, gateway_stack
 from inspectloop.gateway.metrics import GatewayMetrics
-from inspectloop.gateway.service import InspectionGateway
+from inspectloop.gateway.service import FOLLOWED, PRODUCED, InspectionGateway
 from inspectloop.inspection.triton import TritonScorer
 from inspectloop.simulator.products import default_catalogue
 from inspectloop.simulator.render import render_label
@@ -145,15 +144,17 @@ def in_process_gateway(stack: Stack, tmp: Path) -> InspectionGateway:
         "bench",
         CollectorRegistry(),
     )
-    bus.ensure_topics([INSPECTIONS])
+    bus.ensure_topics([*FOLLOWED, *PRODUCED])
     section = stack.settings.gateway
-    return InspectionGateway(
+    gateway = InspectionGateway(
         section,
         bus=bus,
         blobs=FilesystemBlobStore(tmp / "core-blobs", 1 << 24),
         triton=TritonScorer(section.triton),
         metrics=GatewayMetrics(CollectorRegistry()),
     )
+    gateway.follow()  # a replica decides nothing before it has read the lines' state
+    return gateway
 
 
 def mean_batch(client: triton_grpc.InferenceServerClient, model: str) -> float:

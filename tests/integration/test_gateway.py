@@ -3,6 +3,7 @@ bad images, and a Triton that cannot answer."""
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -10,12 +11,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kafka import KafkaAdminClient
+from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 from prometheus_client import CollectorRegistry
 
 from inspectloop.core.blobstore import FilesystemBlobStore
-from inspectloop.core.bus import EventBus
+from inspectloop.core.bus import EventBus, build_bus
 from inspectloop.core.errors import BackendUnavailableError
+from inspectloop.core.events import Topic
+from inspectloop.core.settings import BusSettings, KafkaSettings
 from inspectloop.core.topics import INSPECTIONS, LINE_MODES, ROUTING
+from inspectloop.devtools.harness.kafka import KafkaBroker
 from inspectloop.devtools.harness.process import pick_free_port
 from inspectloop.devtools.tiny_models import NAME, REJECTS, SPEC, png
 from inspectloop.gateway.metrics import GatewayMetrics
@@ -29,6 +35,7 @@ from inspectloop.inspection.triton import TritonScorer
 from inspectloop.v1.common_pb2 import (
     DECISION_PASS,
     DECISION_REJECT,
+    LINE_MODE_AUTO,
     LINE_MODE_GUARDED,
     LINE_MODE_MANUAL,
     MODEL_ROLE_CANARY,
@@ -39,7 +46,7 @@ from inspectloop.v1.common_pb2 import (
     REVIEW_REASON_UNSPECIFIED,
     ModelRef,
 )
-from inspectloop.v1.inspect_service_pb2 import InspectRequest
+from inspectloop.v1.inspect_service_pb2 import InspectRequest, InspectResponse
 from inspectloop.v1.inspection_pb2 import InspectionEvent
 from inspectloop.v1.monitor_pb2 import LineModeChanged
 from inspectloop.v1.rollout_pb2 import Routing
@@ -210,6 +217,7 @@ def test_triton_down_is_unavailable_with_a_reason_and_loses_nothing(
 ) -> None:
     published = Published(bus)
     down = make_gateway(bus, tmp_path, f"127.0.0.1:{pick_free_port()}")
+    down.follow()
     with pytest.raises(BackendUnavailableError, match=rf"{NAME} v1 .* is not ready on Triton"):
         down.inspect(request("line-1", 0))
     # The request's own fault is still named, before any backend is asked.
@@ -217,3 +225,88 @@ def test_triton_down_is_unavailable_with_a_reason_and_loses_nothing(
         down.inspect(InspectRequest(line="line-1", request_id="bad", image=b"GIF89a..."))
     assert down.metrics.errors.labels(kind="unavailable", line="line-1")._value.get() == 1
     assert published.drain(0) == []
+
+
+@pytest.fixture
+def kafka_bus(kafka_broker: KafkaBroker) -> Iterator[EventBus]:
+    """A bus on the real broker, with the gateway's topics as the platform creates them."""
+    settings = BusSettings(
+        backend="kafka", kafka=KafkaSettings(bootstrap_servers=kafka_broker.bootstrap_servers)
+    )
+    bus = build_bus(settings, "test", CollectorRegistry())
+    bus.ensure_topics([INSPECTIONS, ROUTING, LINE_MODES])
+    yield bus
+    bus.close()
+
+
+def test_a_starting_replica_never_decides_a_manual_line_in_auto(
+    kafka_bus: EventBus, tmp_path: Path, served_models: str
+) -> None:
+    line = f"line-{uuid.uuid4().hex[:8]}"
+    # A long history to replay, ending in manual.
+    for generation in range(1, 301):
+        mode = LINE_MODE_MANUAL if generation % 2 == 0 else LINE_MODE_AUTO
+        kafka_bus.publish(
+            LINE_MODES,
+            LineModeChanged(line=line, new_mode=mode, generation=generation, reason="test"),
+        )
+    kafka_bus.flush(30)
+
+    gateway = make_gateway(kafka_bus, tmp_path, served_models)
+    starting = threading.Thread(target=gateway.follow)
+    starting.start()
+    refused, answers = 0, list[InspectResponse]()
+    try:
+        i = 0
+        while starting.is_alive() or not answers:
+            i += 1
+            try:
+                answers.append(gateway.inspect(request(line, i)))
+            except BackendUnavailableError as exc:
+                assert "still reading" in str(exc)
+                refused += 1
+                time.sleep(0.01)
+        starting.join()
+        answers.append(gateway.inspect(request(line, i + 1)))
+    finally:
+        starting.join()
+        gateway.close()
+    assert {(a.line_mode, a.review_reason) for a in answers} == {
+        (LINE_MODE_MANUAL, REVIEW_REASON_MANUAL_MODE)
+    }
+    assert refused > 0  # requests came while the replica was still replaying
+    assert all(a.human_review_required for a in answers)
+    assert gateway.metrics.errors.labels(kind="unavailable", line=line)._value.get() == refused
+
+
+def topic_config(kafka_broker: KafkaBroker, topic: str, key: str) -> str:
+    admin = KafkaAdminClient(bootstrap_servers=kafka_broker.bootstrap_servers)
+    try:
+        configs = admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, topic)], config_filter="all"
+        )
+    finally:
+        admin.close()
+    return str(configs["topic"][topic][key]["value"])
+
+
+def test_routing_and_line_mode_topics_are_compacted_also_when_created_by_an_older_release(
+    kafka_bus: EventBus, kafka_broker: KafkaBroker
+) -> None:
+    for topic in (ROUTING, LINE_MODES):
+        assert topic_config(kafka_broker, topic.name, "cleanup.policy") == "compact"
+        assert topic_config(kafka_broker, topic.dlq, "cleanup.policy") == "delete"
+    assert topic_config(kafka_broker, INSPECTIONS.name, "cleanup.policy") == "delete"
+
+    # A state topic an older release created with the broker's defaults is compacted at start,
+    # and keeps the settings an operator gave it.
+    older = Topic(f"inspectloop.state-{uuid.uuid4().hex[:8]}.v1", Routing, compacted=True)
+    admin = KafkaAdminClient(bootstrap_servers=kafka_broker.bootstrap_servers)
+    try:
+        admin.create_topics([NewTopic(older.name, 1, 1, topic_configs={"retention.ms": "3600000"})])
+    finally:
+        admin.close()
+    assert topic_config(kafka_broker, older.name, "cleanup.policy") == "delete"
+    kafka_bus.ensure_topics([older])
+    assert topic_config(kafka_broker, older.name, "cleanup.policy") == "compact"
+    assert topic_config(kafka_broker, older.name, "retention.ms") == "3600000"

@@ -5,7 +5,11 @@ HTTP API:
 
 - ``POST /v1/inspect``: JSON, the ``InspectRequest`` fields with the image base64-encoded;
 - ``POST /v1/inspect/upload``: multipart form, the same fields and the image as a file;
-- ``GET /healthz``: 200 once the replica is up; ``GET /metrics``: the replica's Prometheus metrics.
+- ``GET /healthz``: 200 once the replica is up; ``GET /readyz``: 200 once it has read every
+  line's routing and mode (503 before); ``GET /metrics``: the replica's Prometheus metrics.
+
+A replica's constructor waits (``state_load_timeout_s``) until the routing and line modes are
+read, so Serve sends it no request before; it fails to start when the bus cannot provide them.
 
 Errors: 400 (malformed request or image), 413 (image too large), 415 (not PNG or JPEG), 503
 (Triton or the routed model cannot answer), each with ``{"detail": reason}``. Over gRPC the same
@@ -143,7 +147,7 @@ class GatewayDeployment:
             metrics=metrics,
             sync=sync,
         )
-        self.gateway.follow()
+        self.gateway.follow()  # returns once the lines' routing and modes are read
 
     def _inspect(self, request: InspectRequest) -> InspectResponse:
         try:
@@ -188,6 +192,12 @@ class GatewayDeployment:
     @api.get("/healthz")
     def healthz(self) -> dict[str, str]:
         return {"status": "ok"}
+
+    @api.get("/readyz")
+    def readyz(self) -> dict[str, str]:
+        if not self.gateway.loaded:
+            raise HTTPException(503, detail="routing and line modes are still loading")
+        return {"status": "ready"}
 
     @api.get("/metrics")
     def metrics(self) -> Response:

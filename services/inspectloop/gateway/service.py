@@ -9,7 +9,9 @@ request id, so that a retried request is the same inspection to every consumer) 
 
 Routing and line modes are followed from their topics by a consumer of its own per process
 (a fresh consumer group, read from the start): the gateway keeps nothing durable, and a
-restarted replica rebuilds both tables from the topics' history.
+restarted replica rebuilds both tables from the topics (compacted: every line's newest state
+is kept). Until it has read everything they held when it joined, it decides nothing: a line
+set to ``manual`` must never be decided in ``auto`` by a replica still replaying.
 """
 
 from __future__ import annotations
@@ -164,7 +166,8 @@ class InspectionGateway:
 
     def follow(self) -> None:
         """Start following the routing and line-mode topics, and resyncing the models, on
-        background threads."""
+        background threads; return once the state the topics held is applied (raises
+        BackendUnavailableError, having stopped them, after ``state_load_timeout_s``)."""
         group = f"gateway-{uuid.uuid4()}"
         self._consumer = self.bus.consumer(group, FOLLOWED, self.on_event)
         self._threads = [
@@ -175,6 +178,17 @@ class InspectionGateway:
         ]
         for thread in self._threads:
             thread.start()
+        timeout = self.settings.state_load_timeout_s
+        if not self._consumer.caught_up.wait(timeout):
+            self.close()
+            raise BackendUnavailableError(
+                f"the lines' routing and modes were not read from the bus within {timeout:g} s"
+            )
+
+    @property
+    def loaded(self) -> bool:
+        """Whether every line's routing and mode on the bus at start has been applied."""
+        return self._consumer is not None and self._consumer.caught_up.is_set()
 
     def close(self) -> None:
         self._stop.set()
@@ -211,6 +225,10 @@ class InspectionGateway:
             )
         # The request's own faults first: a bad image is a 4xx even while no model can answer.
         checked = self.pipeline.check(request)
+        if not self.loaded:
+            raise BackendUnavailableError(
+                "this gateway replica is still reading the lines' routing and modes from the bus"
+            )
         if not request.request_id:  # one id for routing and the event: a retry routes the same
             with_id = InspectRequest()
             with_id.CopyFrom(request)

@@ -74,6 +74,12 @@ class GatewaySection(Section):
     direct_grpc_port: int = Field(
         default=9710, ge=1, le=65535, description="First direct-ingress gRPC port."
     )
+    state_load_timeout_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="How long a starting replica waits to have read every line's routing and "
+        "mode from the bus; until then it answers 503, past this it fails to start.",
+    )
     images: ImageLimits = Field(default_factory=ImageLimits, description="Image validation.")
     decision: DecisionSettings = Field(
         default_factory=DecisionSettings, description="Review thresholds of the line modes."
