@@ -250,8 +250,9 @@ class KafkaAdmin:
                     ]
                 )
         # Topics created by an older release were not compacted: set just that key
-        # (incrementally, so an operator's other settings on the topic stay as they are).
-        upgraded = sorted(n for n in compacted if n in existing)
+        # (incrementally, so an operator's other settings on the topic stay as they are). Only
+        # where it is missing, so that a routine start needs no right to alter topics.
+        upgraded = self.not_compacted(sorted(n for n in compacted if n in existing))
         if upgraded:
             try:
                 results = admin.alter_configs(
@@ -274,6 +275,27 @@ class KafkaAdmin:
                 time.sleep(0.1)
         if missing:
             raise BackendUnavailableError(f"topics not visible after creation: {missing}")
+
+    def not_compacted(self, names: Sequence[str]) -> list[str]:
+        """Those of the existing topics ``names`` whose cleanup policy does not compact."""
+        if not names:
+            return []
+        try:
+            described = self._admin().describe_configs(
+                [
+                    ConfigResource(ConfigResourceType.TOPIC, n, {"cleanup.policy": None})
+                    for n in names
+                ],
+                config_filter="all",
+            )
+        except KafkaError as exc:
+            raise _translate(exc) from exc
+        topics = described.get("topic", {})
+        return [
+            n
+            for n in names
+            if "compact" not in str(topics.get(n, {}).get("cleanup.policy", {}).get("value", ""))
+        ]
 
     def close(self) -> None:
         if self._client is not None:
