@@ -169,7 +169,7 @@ class InspectionGateway:
         background threads; return once the state the topics held is applied (raises
         BackendUnavailableError, having stopped them, after ``state_load_timeout_s``)."""
         group = f"gateway-{uuid.uuid4()}"
-        self._consumer = self.bus.consumer(group, FOLLOWED, self.on_event)
+        self._consumer = self.bus.consumer(group, FOLLOWED, self.on_event, rebuilds_state=True)
         self._threads = [
             threading.Thread(
                 target=self._consumer.run, args=(self._stop,), name="gateway-follower", daemon=True

@@ -208,10 +208,15 @@ class EventBus:
         *,
         before_commit: Callable[[Mapping[TopicPartition, int]], None] | None = None,
         long_running: bool = False,
+        rebuilds_state: bool = False,
     ) -> Consumer:
         """A member of consumer group ``group`` that feeds every event of ``topics`` to
         ``handler``. ``before_commit`` runs after a batch and its outputs succeeded, just before
         the offsets are committed (used for checkpoints and by crash tests).
+
+        ``rebuilds_state``: the handler rebuilds state from the topics' history, and
+        :attr:`Consumer.caught_up` tells when it has all of it (the lag is asked of the backend
+        between batches until then; other consumers never ask).
 
         ``long_running``: the handler may run for longer than the group allows between polls
         (a training: hours). It then runs on a worker thread while this consumer pauses its
@@ -226,6 +231,7 @@ class EventBus:
             handler=handler,
             before_commit=before_commit,
             long_running=long_running,
+            rebuilds_state=rebuilds_state,
         )
 
     def raw_source(self, group: str, topic_names: Sequence[str]) -> Source:
@@ -275,8 +281,10 @@ class Consumer:
         handler: Handler,
         before_commit: Callable[[Mapping[TopicPartition, int]], None] | None,
         long_running: bool = False,
+        rebuilds_state: bool = False,
     ) -> None:
         self._long_running = long_running
+        self._rebuilds_state = rebuilds_state
         self._bus = bus
         self._source = source
         self.group = group
@@ -288,7 +296,7 @@ class Consumer:
         self._stop = threading.Event()
         self._run_stop: threading.Event | None = None  # the event run() was given
         # Set once this member has handled every record its partitions held when it joined:
-        # a reader that rebuilds state from a topic is ready from then on.
+        # a reader that rebuilds state from a topic is ready from then on (rebuilds_state only).
         self.caught_up = threading.Event()
 
     def assignment(self) -> set[TopicPartition]:
@@ -328,7 +336,7 @@ class Consumer:
 
     def _note_caught_up(self) -> None:
         # Only between batches: the source's position is past what poll returned, handled or not.
-        if self.caught_up.is_set():
+        if not self._rebuilds_state or self.caught_up.is_set():
             return
         try:
             lag = self._source.lag()

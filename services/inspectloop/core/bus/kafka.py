@@ -191,7 +191,8 @@ class KafkaSource:
         assigned = list(self._consumer.assignment())
         if not assigned:
             return None
-        timeout_ms = self._consumer.config["request_timeout_ms"]
+        # Short: this runs between batches on the consumer's thread; unknown is tried again.
+        timeout_ms = min(5_000, self._consumer.config["request_timeout_ms"])
         try:
             ends = self._consumer.end_offsets(assigned, timeout_ms=timeout_ms)
             positions = {tp: self._consumer.position(tp, timeout_ms=timeout_ms) for tp in assigned}
