@@ -35,6 +35,7 @@ the line would run in (``auto`` only for a validated version with no open eviden
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import subprocess
@@ -189,7 +190,8 @@ def _challenge_kit(directory: Path, per_class: int, seed: int) -> Path:
 
 
 def _held_out(n: int, seed: int) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
-    """``n`` images of design N, half good, the other half every defect class evenly."""
+    """``n`` images of design N and their classes: half good, the other half every defect
+    class evenly."""
     rng = np.random.default_rng(seed)
     defect_classes = foreign.DEFECT_CLASSES[1:]
     per_class = max(1, n // 2 // len(defect_classes))
@@ -202,20 +204,32 @@ def _held_out(n: int, seed: int) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
         )
         for i in range(len(units))
     ]
-    images = np.stack([u[0] for u in units])
-    defective = np.array([u[1] != "good" for u in units])
-    return images, defective
+    return np.stack([u[0] for u in units]), np.array([u[1] for u in units])
 
 
 def _score(
-    onnx: Path, images: npt.NDArray[Any], defective: npt.NDArray[Any], good_index: int
-) -> dict[str, float]:
+    onnx: Path, images: npt.NDArray[Any], classes: npt.NDArray[Any], good_index: int
+) -> dict[str, Any]:
+    defective = classes != "good"
     out = run_onnx(onnx, images)
     anomaly = out.get(OUTPUT_ANOMALY_SCORE, np.zeros(len(images), np.float32)).reshape(-1)
-    rejected = combined_predictions(out[OUTPUT_PROBABILITIES], anomaly, good_index) != good_index
+    probabilities = out[OUTPUT_PROBABILITIES]
+    rejected = combined_predictions(probabilities, anomaly, good_index) != good_index
+    by_classifier = probabilities.argmax(axis=1) != good_index
+    by_detector = anomaly >= 1.0
     return {
         "escape_rate": float((~rejected[defective]).mean()),
         "false_reject_rate": float(rejected[~defective].mean()),
+        # Which model makes the mistakes: each alone, under the same held-out images.
+        "classifier_escape_rate": float((~by_classifier[defective]).mean()),
+        "classifier_false_reject_rate": float(by_classifier[~defective].mean()),
+        "detector_escape_rate": float((~by_detector[defective]).mean()),
+        "detector_false_reject_rate": float(by_detector[~defective].mean()),
+        "escapes_by_class": {
+            name: int((~rejected[classes == name]).sum())
+            for name in foreign.DEFECT_CLASSES[1:]
+            if (~rejected[classes == name]).any()
+        },
     }
 
 
@@ -344,6 +358,11 @@ def _failed(approach: str, reason: str) -> dict[str, Any]:
         "line_mode": "manual",
         "escape_rate": nan,
         "false_reject_rate": nan,
+        "classifier_escape_rate": nan,
+        "classifier_false_reject_rate": nan,
+        "detector_escape_rate": nan,
+        "detector_false_reject_rate": nan,
+        "escapes_by_class": {},
     }
 
 
@@ -353,12 +372,20 @@ def _shutdown_ray() -> None:
     ray.shutdown()
 
 
+def _pair(result: dict[str, Any], model: str) -> str:
+    """Escapes / false rejects of one model alone."""
+    return f"{result[f'{model}_escape_rate']:.1%} / {result[f'{model}_false_reject_rate']:.1%}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller training (CI)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument(
         "--approach", choices=("today", "new"), action="append", help="only these (default both)"
+    )
+    parser.add_argument(
+        "--keep", type=Path, help="work here (a new folder) and keep the models and data"
     )
     parser.add_argument("--worker", choices=("today", "new"), help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
@@ -372,8 +399,12 @@ def main() -> None:
         sys.exit(f"{FOUNDATION_WEIGHTS} is missing: inspectloop dev train-foundation makes it")
     scale = Scale.quick() if args.quick else Scale()
     results = []
-    with tempfile.TemporaryDirectory(prefix="adaptation-") as tmp:
-        work = Path(tmp)
+    with contextlib.ExitStack() as stack:
+        if args.keep:
+            work = args.keep.resolve()
+            work.mkdir(parents=True, exist_ok=False)
+        else:
+            work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="adaptation-")))
         reference = work / "design-A"
         write_dataset(
             DatasetSpec(n=scale.reference * 2, seed=31, size=SIZE, golden_per_class=4),
@@ -408,7 +439,7 @@ def main() -> None:
                     else _failed(approach, f"worker exited {done.returncode}")
                 )
     held_out = _held_out(scale.held_out, seed=HELD_OUT_SEED)
-    defects = int(held_out[1].sum())
+    defects = int((held_out[1] != "good").sum())
     print(
         f"\nredesign to a design drawn by an independent generator: {scale.labelled} labelled "
         f"production images at {scale.prevalence:.0%} prevalence, challenge set "
@@ -420,6 +451,8 @@ def main() -> None:
         ("stage", lambda r: r["stage"]),
         ("escape rate (goal <= 1%)", lambda r: f"{r['escape_rate']:.2%}"),
         ("false rejects (goal <= 0.3%)", lambda r: f"{r['false_reject_rate']:.2%}"),
+        ("  classifier alone", lambda r: _pair(r, "classifier")),
+        ("  anomaly detector alone", lambda r: _pair(r, "detector")),
         ("request -> version", lambda r: f"{r['seconds_to_version']:.0f} s"),
         ("line runs", lambda r: r["line_mode"]),
         ("failed gates", lambda r: ",".join(r["failed_gates"])[:20] or "-"),
@@ -427,6 +460,9 @@ def main() -> None:
     ]
     for name, value in rows:
         print(f"{name:28}" + "".join(f"{value(r):>22}" for r in results))
+    for r in results:
+        escapes = ", ".join(f"{name} {n}" for name, n in r["escapes_by_class"].items())
+        print(f"{r['approach']}: escapes by class: {escapes or 'none'}")
     if len(results) == 2 and results[0]["escape_rate"] > 0 and results[1]["stage"] != "failed":
         print(
             f"escape rate new / today: {results[1]['escape_rate'] / results[0]['escape_rate']:.2f}"
