@@ -7,8 +7,8 @@ import numpy.typing as npt
 import pytest
 
 from inspectloop.core.evidence import recall_lower_bound
-from inspectloop.trainer.acceptance import combined_predictions, evaluate_acceptance
-from inspectloop.trainer.gates import GateSettings
+from inspectloop.trainer.acceptance import Acceptance, combined_predictions, evaluate_acceptance
+from inspectloop.trainer.gates import GateResult, GateSettings
 from inspectloop.trainer.settings import AcceptanceSettings
 
 CLASSES = ("good", "ink_smudge", "torn_label")
@@ -109,3 +109,35 @@ def test_no_real_held_out_images_is_a_failed_gate() -> None:
         settings=AcceptanceSettings(),
     )
     assert [(g.name, g.passed) for g in gates] == [("acceptance_set", False)]
+
+
+def test_a_defect_rejected_under_another_class_passes_the_gates_and_its_reason_is_reported() -> (
+    None
+):
+    # 400 good passed; 40 smudges all rejected, but half of them named torn_label; 40 tears
+    # rejected as tears. The decision is perfect; the reason is right for 460 of 480 units...
+    labels = [0] * 400 + [1] * 40 + [2] * 40
+    predicted = [0] * 400 + [1] * 20 + [2] * 20 + [2] * 40
+    records = [{"split": "test", "label_design": "N"} for _ in labels]
+
+    def judge(predicted: list[int]) -> tuple[Acceptance, list[GateResult]]:
+        return evaluate_acceptance(
+            CLASSES,
+            labels=np.array(labels),
+            probabilities=_one_hot(labels, predicted),
+            anomaly_scores=np.zeros(len(labels), np.float32),
+            records=records,
+            gates=GateSettings(),
+            settings=AcceptanceSettings(),
+        )
+
+    acceptance, gates = judge(predicted)
+    assert all(g.passed for g in gates), [g for g in gates if not g.passed]
+    assert acceptance.by_design["N"].accuracy == 1.0
+    assert acceptance.by_design["N"].per_class_recall["ink_smudge"] == 1.0
+    assert acceptance.reasons["N"].accuracy == pytest.approx(460 / 480)
+    assert acceptance.reasons["N"].per_class_recall["ink_smudge"] == 0.5
+    # ... whereas a smudge that passes is an escape, and fails the gates.
+    _, gates = judge([0] * 401 + [1] * 19 + [2] * 20 + [2] * 40)
+    failed = {g.name for g in gates if not g.passed}
+    assert {"escape_rate", "recall/ink_smudge"} <= failed

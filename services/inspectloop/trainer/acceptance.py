@@ -14,6 +14,13 @@ Each label design present is judged on its own, with the production gates of
 :mod:`inspectloop.trainer.gates` (a design the version does well on cannot hide one it fails).
 Synthetic images (``synthetic_test``) are evaluated and reported apart and never count.
 
+The gates judge the inspection's decision, pass or reject, as a qualification does (USP <1790>
+asks, per defect type, how often a defective unit is rejected): a defective unit rejected under
+another defect class than its own was rightly rejected, so it counts as correct for accuracy and
+toward its own class's recall. Which class the model named (the reason code operators see) is
+reported beside it (``reasons``), never hidden, but it does not let a defect through: a reason
+learnt from synthesised defects cannot be exact for a design whose real defects are still few.
+
 Where a defect class has few real examples, a perfect score proves little: the one-sided 95%
 Clopper-Pearson lower bound of its recall says how little. A class whose bound is under
 ``required_recall_lower_bound`` is an *open* class: the version may still be accepted, but the
@@ -60,6 +67,15 @@ def combined_predictions(
     return np.asarray(predictions, dtype=np.int64)
 
 
+def decision_classes(
+    labels: npt.NDArray[np.int64], predictions: npt.NDArray[np.int64], good_index: int
+) -> npt.NDArray[np.int64]:
+    """``predictions`` judged by their decision: a defective unit rejected under any defect
+    class takes its own class (rightly rejected); passes and false rejects are unchanged."""
+    rightly_rejected = (labels != good_index) & (predictions != good_index)
+    return np.where(rightly_rejected, labels, predictions).astype(np.int64)
+
+
 @dataclass(frozen=True)
 class ClassEvidence:
     class_name: str
@@ -72,13 +88,14 @@ class ClassEvidence:
 class Acceptance:
     """The acceptance of one candidate."""
 
-    by_design: dict[str, Metrics]  # real images only
+    by_design: dict[str, Metrics]  # real images only, judged by the decision (gated)
     sources: dict[str, dict[str, int]]  # design -> split -> images
     gates: list[GateResult]
     evidence: list[ClassEvidence]
     required_lower_bound: float
     synthetic: Metrics | None = None  # reported apart, never gated
     classifier_only: dict[str, Metrics] = field(default_factory=dict)  # for the report
+    reasons: dict[str, Metrics] = field(default_factory=dict)  # the defect class named, reported
 
     @property
     def open_classes(self) -> list[str]:
@@ -103,20 +120,28 @@ def evaluate_acceptance(
     gates (the golden and latency gates are the caller's)."""
     good = list(classes).index(good_class)
     predictions = combined_predictions(probabilities, anomaly_scores, good)
+    decided = decision_classes(labels, predictions, good)
     splits = np.array([str(r.get("split", "")) for r in records])
     designs = np.array([str(r.get("label_design", "")) for r in records])
     real = np.isin(splits, ACCEPTANCE_SPLITS)
     by_design: dict[str, Metrics] = {}
     classifier_only: dict[str, Metrics] = {}
+    reasons: dict[str, Metrics] = {}
     sources: dict[str, dict[str, int]] = {}
     results: list[GateResult] = []
     present = sorted({d for d in designs[real]})
     for design in present:
         mask = real & (designs == design)
-        metrics = metrics_from_predictions(labels[mask], predictions[mask], classes, good_class)
+        metrics = metrics_from_predictions(labels[mask], decided[mask], classes, good_class)
         by_design[design] = metrics
+        reasons[design] = metrics_from_predictions(
+            labels[mask], predictions[mask], classes, good_class
+        )
         classifier_only[design] = metrics_from_predictions(
-            labels[mask], probabilities[mask].argmax(axis=1), classes, good_class
+            labels[mask],
+            decision_classes(labels[mask], probabilities[mask].argmax(axis=1), good),
+            classes,
+            good_class,
         )
         sources[design] = {s: int((mask & (splits == s)).sum()) for s in ACCEPTANCE_SPLITS}
         for gate in evaluate_gates(metrics, None, None, 0.0, gates, good_class=good_class):
@@ -140,7 +165,7 @@ def evaluate_acceptance(
     synthetic_mask = splits == SYNTHETIC_SPLIT
     synthetic = (
         metrics_from_predictions(
-            labels[synthetic_mask], predictions[synthetic_mask], classes, good_class
+            labels[synthetic_mask], decided[synthetic_mask], classes, good_class
         )
         if synthetic_mask.any()
         else None
@@ -169,5 +194,6 @@ def evaluate_acceptance(
         required_lower_bound=settings.required_recall_lower_bound,
         synthetic=synthetic,
         classifier_only=classifier_only,
+        reasons=reasons,
     )
     return acceptance, results

@@ -11,6 +11,9 @@ gate, in this order::
     golden_set            <= max_golden_regressions       (0)      see below
     latency_p95_ms        <= max_latency_ms               (10 ms)  ONNX Runtime, CPU, batch 1
 
+Acceptance (:mod:`inspectloop.trainer.acceptance`) passes metrics judged by the decision: there
+a defect class's recall is the share of its units rejected, under any defect class.
+
 A version that fails any gate is ``rejected``; :func:`rejection_reasons` gives one line per
 failed gate. No evidence is never a pass: a NaN metric (a defect class without validation
 images, no good images, no latency measured) fails its gate, and says so.
@@ -55,7 +58,9 @@ class GateSettings(Section):
         default=0.997,
         ge=0.0,
         le=1.0,
-        description="Lowest accuracy (all classes, validation split) a version may have.",
+        description="Lowest accuracy a version may have on each design's acceptance images, "
+        "judged by its decision (a defective unit rejected under another defect class counts "
+        "as rightly rejected, trainer.acceptance).",
     )
     min_recall_per_class: float = Field(
         default=0.99,

@@ -379,6 +379,10 @@ def _acceptance_rows(acceptance: Acceptance | None) -> list[dict[str, str]]:
         sources = acceptance.sources.get(design, {})
         where = ", ".join(f"{n} {s}" for s, n in sources.items() if n)
         rows.append(_metric_row(f"design {design} ({where})", m))
+        reason = acceptance.reasons.get(design)
+        if reason is not None:
+            row = _metric_row(f"design {design}: the defect class named right", reason)
+            rows.append(row | {"frr": "", "escapes": ""})  # the same decisions as above
         alone = acceptance.classifier_only.get(design)
         if alone is not None:
             rows.append(_metric_row(f"design {design}: the classifier alone", alone))
@@ -476,7 +480,9 @@ TEMPLATE = """\
 <h2>Acceptance: real images no training step saw</h2>
 <p class="muted">Combined decision (a unit passes only if the classifier says good and the
 anomaly detector does not flag it), on held-out real images (test) and the plant's challenge
-sets, each label design on its own. Synthetic images never count.</p>
+sets, each label design on its own. Synthetic images never count. Accuracy and the gates judge
+the decision: a defective unit rejected under another defect class was rightly rejected; the row
+"the defect class named right" gives the accuracy of the reason as well.</p>
 <table>
   <tr><th>set</th><th class="num">images</th><th class="num">accuracy</th><th class="num">false rejects</th><th class="num">escapes</th></tr>
 {% for r in acceptance %}  <tr><td>{{ r.name }}</td><td class="num">{{ r.images }}</td><td class="num">{{ r.accuracy }}</td><td class="num">{{ r.frr }}</td><td class="num">{{ r.escapes }}</td></tr>
