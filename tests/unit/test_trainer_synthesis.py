@@ -20,6 +20,8 @@ from inspectloop.trainer.synthesis import (
     SynthesisPlan,
     defect_region,
     synthesise,
+    synthesise_set,
+    visible_fraction,
     write_synthetic_dataset,
 )
 
@@ -51,6 +53,22 @@ def test_severity_grows_the_change() -> None:
     assert np.abs(large.astype(int) - good).sum() > np.abs(small.astype(int) - good).sum()
 
 
+def test_a_defect_too_faint_to_see_is_never_a_training_image() -> None:
+    good = _goods(1)[0]
+    floor = 0.0015
+    faint = [
+        visible_fraction(synthesise(good, defect, 0.0, np.random.default_rng(i)), good)
+        for i, defect in enumerate(DEFECT_CLASSES * 2)
+    ]
+    assert min(faint) < floor  # at severity 0 some operations change almost nothing
+    images, labels, severities = synthesise_set(
+        [good], 32, seed=3, severity=(0.0, 0.0), min_visible_fraction=floor
+    )
+    assert images and len(images) == len(labels) == len(severities)
+    assert all(visible_fraction(image, good) >= floor for image in images)
+    assert max(severities) > 0.0  # the faint ones were drawn again, stronger
+
+
 def test_the_region_of_a_real_defect_is_found_against_the_designs_goods() -> None:
     goods = _goods(12)
     stats = DesignStatistics.fit(np.stack(goods))
@@ -79,6 +97,7 @@ def test_a_dataset_covers_every_class_keeps_a_synthetic_test_split_and_is_reused
         pasted=0,
         artwork_goods=0,
         test_fraction=0.2,
+        min_visible_fraction=0.0,  # every draw kept: the count is exact
         seed=5,
     )
     first = write_synthetic_dataset(tmp_path, plan, goods)

@@ -6,6 +6,7 @@ from pydantic import Field, SecretStr, model_validator
 
 from inspectloop.core.settings import AbsolutePath, CommonSettings, Section
 from inspectloop.trainer.gates import GateSettings
+from inspectloop.trainer.synthesis import MIN_VISIBLE_FRACTION
 
 
 class AnomalySettings(Section):
@@ -103,6 +104,14 @@ class SynthesisSettings(Section):
         lt=1,
         description="Share held out as synthetic_test: evaluated and reported apart, never "
         "part of acceptance.",
+    )
+    min_visible_fraction: float = Field(
+        default=MIN_VISIBLE_FRACTION,
+        ge=0,
+        lt=1,
+        description="Smallest share of the image a synthesised defect must change by 40 grey "
+        "levels or more (0.0015: 25 pixels at 128 px); fainter draws are made again at a higher "
+        "severity: a defect the camera cannot show teaches the model to reject good units.",
     )
 
 

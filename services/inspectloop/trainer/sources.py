@@ -152,6 +152,7 @@ class Sources:
                         pasted=plan.pasted,
                         artwork_goods=plan.artwork_goods,
                         test_fraction=plan.test_fraction,
+                        min_visible_fraction=plan.min_visible_fraction,
                         seed=self.settings.seed,
                     ),
                     goods,

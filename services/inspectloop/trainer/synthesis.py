@@ -14,8 +14,9 @@ plates). Each class is one operation, its size and contrast set by a severity in
 - ``missing_print``: the printed marks of a region erased to the stock (a field, a block, or a
   print-head dropout stripe);
 - ``misregistration``: the coloured plate (saturated pixels) shifted against the rest;
-- ``wrong_text``: a run of printed marks lengthened or shortened (a camera at this resolution
-  cannot read characters, but it sees a field of another length);
+- ``wrong_text``: a field of printed marks lengthened, shortened, or of the same length with
+  its characters in another order (a camera at this resolution cannot read characters, but it
+  sees a field of another length, or glyphs where this design has others);
 - ``torn_label``: a bite out of the label's edge showing the carton, with a paper rim;
 - ``contamination``: dark particles and fibres lying on the label;
 - ``skewed_label``: the label region rotated on the carton by 4 to 14 degrees;
@@ -317,25 +318,50 @@ def _misregistration(image: FloatImage, c: _Context) -> None:
     image[keep] = original[keep]
 
 
-def _code_box(image: FloatImage, c: _Context) -> tuple[int, int, int, int]:
-    """The 2D code or barcode: the part of the label densest in edges (a code is nothing
-    but edges; text has fewer, a colour band none inside)."""
+def _dense_print(image: FloatImage, c: _Context) -> tuple[FloatImage, int, int, int]:
+    """Edge density over the label (a code is nothing but edges; text has fewer, a colour band
+    none inside), its densest point (y, x) and the window it was averaged over."""
     luma = _luma(image)
     edges = np.hypot(ndimage.sobel(luma, 0), ndimage.sobel(luma, 1)) > 120
     window = max(5, c.size // 8)
     density = ndimage.uniform_filter((edges & c.label).astype(np.float32), window)
     density[~c.label] = 0
     y, x = np.unravel_index(int(np.argmax(density)), density.shape)
-    # Grow the box while its border still crosses dense edges.
-    region = _largest_component(
+    return density, int(y), int(x), window
+
+
+def _dense_regions(density: FloatImage, c: _Context) -> npt.NDArray[np.int32]:
+    labels, _ = ndimage.label(
         ndimage.binary_dilation(
             (density > 0.6 * density.max()) & c.label, iterations=max(1, c.size // 64)
         )
     )
+    return np.asarray(labels, dtype=np.int32)
+
+
+def _densest_print_box(image: FloatImage, c: _Context) -> tuple[int, int, int, int]:
+    """Where a damaged code shows: the largest region dense in edges (the code, and the bold
+    type beside it where they run together), or the window around the densest point."""
+    density, y, x, window = _dense_print(image, c)
+    region = _largest_component(_dense_regions(density, c) > 0)
     if not region[y, x]:
         half = window // 2
-        return int(x) - half, int(y) - half, int(x) + half, int(y) + half
+        return x - half, y - half, x + half, y + half
     return _box(region)
+
+
+def _code_box(image: FloatImage, c: _Context) -> tuple[int, int, int, int]:
+    """The 2D code or barcode alone: the dense region around the densest point; bold type is
+    dense too, so a region reaching over a quarter of the label is text run together with the
+    code, and the window around the densest point is taken instead."""
+    density, y, x, window = _dense_print(image, c)
+    labels = _dense_regions(density, c)
+    if labels[y, x]:
+        x0, y0, x1, y1 = _box(labels == labels[y, x])
+        if (x1 - x0) * (y1 - y0) <= 0.25 * c.label.sum():
+            return x0, y0, x1, y1
+    half = window // 2
+    return x - half, y - half, x + half, y + half
 
 
 def _text_lines(image: FloatImage, c: _Context) -> list[tuple[int, int, int, int]]:
@@ -347,15 +373,25 @@ def _text_lines(image: FloatImage, c: _Context) -> list[tuple[int, int, int, int
     dark[max(0, y0 - 1) : y1 + 1, max(0, x0 - 1) : x1 + 1] = False
     joined = ndimage.binary_closing(dark, structure=np.ones((1, max(3, c.size // 32))))
     labels, _ = ndimage.label(joined)
+    tallest = max(3, c.size // 11)  # the name of a product is printed larger
     lines = []
     for index, found in enumerate(ndimage.find_objects(labels), start=1):
         if found is None:
             continue
-        ys, xs = found
-        height, width = ys.stop - ys.start, xs.stop - xs.start
-        line_shaped = 2 <= height <= max(3, c.size // 16) and width >= max(6, c.size // 14)
-        if line_shaped and (labels[ys, xs] == index).sum() >= 0.25 * height * width:
-            lines.append((xs.start, ys.start, xs.stop, ys.stop))
+        component = labels[found] == index
+        # Lines printed close together touch once blurred: split a block at its emptiest rows.
+        rows = component.sum(axis=1)
+        inked = rows > 0.15 * rows.max()
+        starts = np.flatnonzero(inked & ~np.concatenate(([False], inked[:-1])))
+        stops = np.flatnonzero(inked & ~np.concatenate((inked[1:], [False]))) + 1
+        for top, bottom in zip(starts, stops, strict=True):
+            band = component[top:bottom]
+            cols = np.flatnonzero(band.any(axis=0))
+            height, width = bottom - top, int(cols[-1] - cols[0] + 1)
+            line_shaped = 2 <= height <= tallest and width >= max(6, c.size // 14)
+            if line_shaped and band.sum() >= 0.25 * height * width:
+                y0, x0 = found[0].start + int(top), found[1].start + int(cols[0])
+                lines.append((x0, y0, x0 + width, y0 + height))
     return lines
 
 
@@ -371,7 +407,19 @@ def _wrong_text(image: FloatImage, c: _Context) -> None:
     chars = int(rng.integers(3, 8))
     _, _, lx1, _ = _box(c.label)
     room = lx1 - 1 - x1
-    if rng.random() < 0.6 and room >= char * 2:
+    cells = (x1 - x0) // char
+    if rng.random() < 0.4 and cells >= 3 and height >= c.size // 20:
+        # Another text of the same length: the field's character cells in another order (in
+        # type large enough for the camera to show glyph shapes; small print is a blur).
+        order = rng.permutation(cells)
+        while np.array_equal(order, np.arange(cells)):
+            order = rng.permutation(cells)
+        field = image[y0:y1, x0 : x0 + cells * char].copy()
+        for cell, moved in enumerate(order):
+            image[y0:y1, x0 + cell * char : x0 + (cell + 1) * char] = field[
+                :, moved * char : (moved + 1) * char
+            ]
+    elif rng.random() < 0.6 and room >= char * 2:
         # Longer: characters of the field printed again after its end.
         extra = min(chars * char, room, x1 - x0)
         source = slice(x1 - extra, x1)
@@ -461,7 +509,7 @@ def _skewed_label(image: FloatImage, c: _Context) -> None:
 
 def _damaged_code(image: FloatImage, c: _Context) -> None:
     rng, s = c.rng, c.severity
-    x0, y0, x1, y1 = _code_box(image, c)
+    x0, y0, x1, y1 = _densest_print_box(image, c)
     w, h = max(4, x1 - x0), max(4, y1 - y0)
     lines = 1 + round(_lerp(0, 3, s))
 
@@ -548,6 +596,18 @@ def paste_defect(good: Image8, source: Image8, region: Mask, rng: np.random.Gene
     return np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
 
+VISIBLE_CONTRAST = 40.0  # grey levels: a pixel a defect changes by less is not part of it
+MIN_VISIBLE_FRACTION = 0.0015  # of the image a defect must change: 25 pixels at 128 px
+VISIBILITY_TRIES = 6
+
+
+def visible_fraction(defective: Image8, good: Image8) -> float:
+    """Share of the image's pixels the defect changed by at least :data:`VISIBLE_CONTRAST`
+    grey levels in some channel."""
+    diff = np.abs(defective.astype(np.float32) - good.astype(np.float32)).max(axis=2)
+    return float((diff >= VISIBLE_CONTRAST).mean())
+
+
 def synthesise_set(
     goods: Sequence[Image8] | Image8,
     n: int,
@@ -555,21 +615,37 @@ def synthesise_set(
     seed: int,
     severity: tuple[float, float] = (0.0, 1.0),
     classes: Sequence[str] = DEFECT_CLASSES,
+    min_visible_fraction: float = 0.0,
 ) -> tuple[list[Image8], list[str], list[float]]:
     """``n`` defective images made from ``goods`` (classes spread evenly, severities uniform in
-    ``severity``): images, their classes and severities."""
+    ``severity``): images, their classes and severities.
+
+    A defect must be seen to be learnt: one that changes less than ``min_visible_fraction`` of
+    the pixels clearly (a smudge of a few pixels, a field shortened by a character the camera
+    blurs away) would teach the classifier to reject good units that look like it. Such a draw
+    is made again at a higher severity, and left out after :data:`VISIBILITY_TRIES` tries."""
     goods = list(goods)
     if not goods:
         raise ValueError("no good images to synthesise defects on")
     rng = np.random.default_rng(seed)
     images, labels, severities = [], [], []
+    invisible = 0
     for i in range(n):
         defect = classes[i % len(classes)]
         s = float(rng.uniform(*severity))
         base = goods[int(rng.integers(len(goods)))]
-        images.append(synthesise(base, defect, s, rng))
-        labels.append(defect)
-        severities.append(s)
+        for _ in range(VISIBILITY_TRIES):
+            image = synthesise(base, defect, s, rng)
+            if visible_fraction(image, base) >= min_visible_fraction:
+                images.append(image)
+                labels.append(defect)
+                severities.append(s)
+                break
+            s += (1.0 - s) * 0.3
+        else:
+            invisible += 1
+    if invisible:
+        log.info("synthesis: %d of %d draws left out, too faint to see", invisible, n)
     return images, labels, severities
 
 
@@ -624,6 +700,7 @@ class SynthesisPlan:
     pasted: int = 0  # confirmed defect regions pasted onto good units
     artwork_goods: int = 0  # good units with the uploaded artwork placed on them
     test_fraction: float = 0.1  # held out as synthetic_test (reported apart)
+    min_visible_fraction: float = MIN_VISIBLE_FRACTION  # see synthesise_set
     seed: int = 0
 
 
@@ -669,7 +746,11 @@ def write_synthetic_dataset(
             bases.append(placed)
     for n, high in ((plan.defective, 1.0), (plan.subtle, plan.subtle_severity)):
         images, labels, severities = synthesise_set(
-            bases, n, seed=int(rng.integers(2**31)), severity=(0.0, high)
+            bases,
+            n,
+            seed=int(rng.integers(2**31)),
+            severity=(0.0, high),
+            min_visible_fraction=plan.min_visible_fraction,
         )
         made.extend(
             (i, c, "synthesised", s) for i, c, s in zip(images, labels, severities, strict=True)
