@@ -207,6 +207,10 @@ def _held_out(n: int, seed: int) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
     return np.stack([u[0] for u in units]), np.array([u[1] for u in units])
 
 
+def _rate(flags: npt.NDArray[Any], measured: bool = True) -> float:
+    return float(flags.mean()) if measured else float("nan")
+
+
 def _score(
     onnx: Path, images: npt.NDArray[Any], classes: npt.NDArray[Any], good_index: int
 ) -> dict[str, Any]:
@@ -216,6 +220,7 @@ def _score(
     probabilities = out[OUTPUT_PROBABILITIES]
     rejected = combined_predictions(probabilities, anomaly, good_index) != good_index
     by_classifier = probabilities.argmax(axis=1) != good_index
+    # A version without the detector: its figures are NaN, printed "-".
     by_detector = anomaly >= 1.0
     return {
         "escape_rate": float((~rejected[defective]).mean()),
@@ -223,8 +228,8 @@ def _score(
         # Which model makes the mistakes: each alone, under the same held-out images.
         "classifier_escape_rate": float((~by_classifier[defective]).mean()),
         "classifier_false_reject_rate": float(by_classifier[~defective].mean()),
-        "detector_escape_rate": float((~by_detector[defective]).mean()),
-        "detector_false_reject_rate": float(by_detector[~defective].mean()),
+        "detector_escape_rate": _rate(~by_detector[defective], OUTPUT_ANOMALY_SCORE in out),
+        "detector_false_reject_rate": _rate(by_detector[~defective], OUTPUT_ANOMALY_SCORE in out),
         "escapes_by_class": {
             name: int((~rejected[classes == name]).sum())
             for name in foreign.DEFECT_CLASSES[1:]
@@ -373,7 +378,9 @@ def _shutdown_ray() -> None:
 
 
 def _pair(result: dict[str, Any], model: str) -> str:
-    """Escapes / false rejects of one model alone."""
+    """Escapes / false rejects of one model alone ("-": the version has no such model)."""
+    if result[f"{model}_escape_rate"] != result[f"{model}_escape_rate"]:  # NaN
+        return "-"
     return f"{result[f'{model}_escape_rate']:.1%} / {result[f'{model}_false_reject_rate']:.1%}"
 
 
